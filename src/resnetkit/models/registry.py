@@ -1,0 +1,131 @@
+"""Model registry: every named variant is a few lines over the one ``ResNet`` builder.
+
+``create_model(name, num_classes=10, **overrides)`` drops ``None`` overrides, so command-line
+defaults never override a model's own defaults (the timm convention). The model remembers how it
+was made (``model.spec``), which is what checkpoints store to rebuild it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from ..errors import UserError
+from .resnet import ResNet
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the registry knows about a named model."""
+
+    name: str
+    family: str
+    input_size: tuple[int, int, int]
+    defaults: dict[str, Any] = field(default_factory=dict)
+    doc: str = ""
+
+
+_REGISTRY: dict[str, ModelInfo] = {}
+
+
+class UnknownModelError(UserError, KeyError):
+    """A model name that is not registered."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
+def register(name: str, family: str, input_size: tuple[int, int, int], doc: str = "", **defaults: Any) -> None:
+    """Register ``name`` as ``ResNet(**defaults)`` with the given family and default input size."""
+    if name in _REGISTRY:
+        raise ValueError(f"model {name!r} is already registered")
+    _REGISTRY[name] = ModelInfo(name, family, input_size, defaults, doc)
+
+
+def list_models(pattern: str | None = None) -> list[str]:
+    """Registered names, sorted, optionally filtered by a shell-style pattern (``"resnet*"``)."""
+    names = sorted(_REGISTRY)
+    if pattern:
+        pat = pattern if any(c in pattern for c in "*?[") else f"*{pattern}*"
+        names = [n for n in names if fnmatch.fnmatch(n, pat)]
+    return names
+
+
+def model_info(name: str) -> ModelInfo:
+    """The registry entry for ``name``; an unknown name suggests the closest registered ones."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; run 'resnetkit models' to list them"
+        raise UnknownModelError(f"unknown model {name!r}{hint}") from None
+
+
+def create_model(name: str, num_classes: int | None = None, **overrides: Any) -> nn.Module:
+    """Build a registered model. ``None``-valued overrides are ignored.
+
+    Example: ``create_model("resnet20", num_classes=100, shortcut="B")``.
+    """
+    info = model_info(name)
+    kwargs = {k: v for k, v in overrides.items() if v is not None}
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    args = {**info.defaults, **kwargs}
+    try:
+        model = ResNet(**args)
+    except TypeError as e:
+        raise UserError(f"bad option for model {name!r}: {e}") from None
+    model.spec = {"name": name, "kwargs": kwargs}
+    model.default_input_size = info.input_size
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# The family. Parameter counts are asserted in tests/models/test_param_counts.py.
+_IMAGENET = (3, 224, 224)
+_CIFAR = (3, 32, 32)
+_STAGES = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)), 50: ("bottleneck", (3, 4, 6, 3)),
+           101: ("bottleneck", (3, 4, 23, 3)), 152: ("bottleneck", (3, 8, 36, 3))}
+
+# He et al. 2015, Table 1 (torchvision-compatible: stride on the bottleneck's 3x3 conv).
+for _d, (_b, _l) in _STAGES.items():
+    register(f"resnet{_d}", "resnet", _IMAGENET, block=_b, layers=_l, num_classes=1000)
+    register(f"resnet{_d}_cifar", "resnet-cifar", _CIFAR, block=_b, layers=_l, num_classes=10, stem="cifar")
+    if _d <= 34:  # the paper's plain-18/34 (Figure 4), and their CIFAR-stem twins
+        register(f"plain{_d}", "plain", _IMAGENET, block=_b, layers=_l, num_classes=1000, plain=True)
+        register(f"plain{_d}_cifar", "plain-cifar", _CIFAR, block=_b, layers=_l, num_classes=10,
+                 stem="cifar", plain=True)
+
+# ResNeXt (Xie et al. 2017) and Wide ResNet-50/101 (Zagoruyko and Komodakis 2016), as torchvision.
+register("resnext50_32x4d", "resnext", _IMAGENET, block="bottleneck", layers=(3, 4, 6, 3), groups=32, width_per_group=4)
+register("resnext101_32x8d", "resnext", _IMAGENET, block="bottleneck", layers=(3, 4, 23, 3), groups=32, width_per_group=8)
+register("resnext101_64x4d", "resnext", _IMAGENET, block="bottleneck", layers=(3, 4, 23, 3), groups=64, width_per_group=4)
+register("wide_resnet50_2", "wide-resnet", _IMAGENET, block="bottleneck", layers=(3, 4, 6, 3), width_per_group=128)
+register("wide_resnet101_2", "wide-resnet", _IMAGENET, block="bottleneck", layers=(3, 4, 23, 3), width_per_group=128)
+
+# He et al. 2015 section 4.2: 6n+2 layers, 16/32/64 channels, option-A shortcuts.
+_PAPER = dict(block="basic", stem="cifar", widths=(16, 32, 64), num_classes=10)
+for _depth in (20, 32, 44, 56, 110, 1202):
+    _n = (_depth - 2) // 6
+    register(f"resnet{_depth}", "resnet-paper", _CIFAR, layers=(_n,) * 3, shortcut="A", **_PAPER)
+    if _depth <= 110:
+        register(f"plain{_depth}", "plain-paper", _CIFAR, layers=(_n,) * 3, plain=True, **_PAPER)
+
+# Pre-activation ResNets (He et al. 2016): CIFAR form of ResNet-18, and the paper's 110 and 164.
+register("preact_resnet18", "preact-resnet", _CIFAR, block="preact_basic", layers=(2, 2, 2, 2), stem="cifar", num_classes=10)
+register("preact_resnet34", "preact-resnet", _CIFAR, block="preact_basic", layers=(3, 4, 6, 3), stem="cifar", num_classes=10)
+register("preact_resnet110", "preact-resnet", _CIFAR, block="preact_basic", layers=(18, 18, 18), stem="cifar",
+         widths=(16, 32, 64), num_classes=10)
+register("preact_resnet164", "preact-resnet", _CIFAR, block="preact_bottleneck", layers=(18, 18, 18), stem="cifar",
+         widths=(16, 32, 64), num_classes=10)
+
+# Wide ResNets for CIFAR (Zagoruyko and Komodakis 2016): WRN-d-k, (d-4)/6 pre-activation blocks
+# per stage, widths 16k/32k/64k, a 16-channel stem.
+for _d, _k in ((16, 4), (16, 8), (28, 10), (40, 4)):
+    register(f"wrn{_d}_{_k}", "wide-resnet-cifar", _CIFAR, block="preact_basic", layers=((_d - 4) // 6,) * 3,
+             stem="cifar", widths=(16 * _k, 32 * _k, 64 * _k), stem_width=16, num_classes=10)
+
