@@ -1,0 +1,117 @@
+"""Device, precision and layout choices, made at run time with a safe fallback.
+
+bf16 autocast and channels_last are used where they pay: on CUDA with bf16 support, and on CPUs
+whose instruction set has native bf16 dot products (AVX-512 BF16 or AMX). Elsewhere fp32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import random
+from typing import ContextManager
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str | None = "auto") -> torch.device:
+    """``auto`` picks CUDA when present, else CPU; an unavailable CUDA request is a UserError."""
+    if name in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} was requested but no CUDA device is available; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UserError(f"device {name!r} does not exist: {torch.cuda.device_count()} CUDA device(s) found")
+    if dev.type not in ("cpu", "cuda"):
+        raise UserError(f"device type {dev.type!r} is not supported; use 'cpu' or 'cuda'")
+    return dev
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_bf16() -> bool:
+    """True when the CPU has native bf16 instructions (Linux /proc/cpuinfo flags)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str | None, device: torch.device) -> str:
+    """``auto`` -> ``bf16`` where supported natively, else ``fp32``."""
+    if precision in (None, "", "auto"):
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if cpu_has_bf16() else "fp32"
+    if precision not in ("bf16", "fp32"):
+        raise UserError(f"precision must be 'auto', 'bf16' or 'fp32', got {precision!r}")
+    return precision
+
+
+def resolve_channels_last(channels_last: bool | None, device: torch.device, precision: str) -> bool:
+    """channels_last pays with bf16 (oneDNN / cuDNN NHWC kernels); default on exactly then."""
+    if channels_last is None:
+        return precision == "bf16"
+    return bool(channels_last)
+
+
+def autocast(device: torch.device, precision: str) -> ContextManager:
+    """Autocast context for the forward pass; a no-op for fp32."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (all devices), numpy and python's ``random``."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def set_deterministic(enabled: bool, device: torch.device) -> None:
+    """``torch.use_deterministic_algorithms`` and the cuDNN/cuBLAS flags that it needs."""
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(enabled)
+    if device.type == "cuda":
+        torch.backends.cudnn.deterministic = enabled
+        torch.backends.cudnn.benchmark = not enabled
+
+
+def rng_state() -> dict:
+    """Every global RNG state, in a form ``torch.load(weights_only=True)`` accepts."""
+    py = random.getstate()
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
+                  int(np_state[3]), float(np_state[4])],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what :func:`rng_state` captured."""
+    torch.set_rng_state(state["torch"])
+    v, internal, gauss = state["python"]
+    random.setstate((v, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,212 @@
+"""The inner loops: one training epoch and one evaluation pass.
+
+Kept free of run bookkeeping (directories, checkpoints, logging): :mod:`resnetkit.train.run`
+drives these. Losses and counts accumulate on the device and are read once per epoch, so the
+loop does not synchronise a GPU on every step; the non-finite check is the exception, made cheap
+by checking a stacked window of losses every few steps on CUDA and every step on CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import UserError
+from ..metrics import confusion_matrix
+from .device import autocast
+
+
+class NonFiniteLossError(UserError):
+    """The loss became NaN or infinite; the run stops before writing any bad checkpoint."""
+
+
+@dataclass
+class StepState:
+    """Where training is: ``epoch`` (0-based), batch index in it, and the global step count."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    acc: float
+    images: int
+    seconds: float
+    step_losses: list[float] = field(default_factory=list)
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train_epoch(
+    model: nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    state: StepState,
+    *,
+    device: torch.device,
+    precision: str,
+    label_smoothing: float,
+    set_lr: Callable[[int], float],
+    max_steps: int | None = None,
+    after_step: Callable[[StepState, "_Probe"], bool] | None = None,
+    record_steps: bool = False,
+    check_every: int | None = None,
+) -> EpochStats:
+    """Train over ``loader`` from ``state.step_in_epoch``; ``after_step`` returning True stops early.
+
+    ``after_step(state, probe)`` runs after every step; ``probe.check()`` checks the pending
+    losses for non-finite values (the caller must before writing a checkpoint) and
+    ``probe.running()`` gives the epoch's running loss and accuracy (both synchronise).
+
+    ``set_lr(global_step)`` sets the learning rate before each step. ``max_steps`` caps the
+    global step count (tests and smoke runs).
+    """
+    model.train()
+    check_every = check_every or (1 if device.type == "cpu" else 25)
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    seen = 0
+    window: list[torch.Tensor] = []
+    step_losses: list[float] = []
+    _sync(device)
+    t0 = time.perf_counter()
+    for x, y in loader:
+        if max_steps is not None and state.global_step >= max_steps:
+            break
+        set_lr(state.global_step)
+        with autocast(device, precision):
+            logits = model(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        detached = loss.detach()
+        window.append(detached)
+        if len(window) >= check_every:
+            _check_finite(window, state)
+            window.clear()
+        n = y.shape[0]
+        loss_sum += detached.double() * n
+        correct += (logits.detach().argmax(1) == y).sum()
+        seen += n
+        if record_steps:
+            step_losses.append(float(detached))
+        state.step_in_epoch += 1
+        state.global_step += 1
+        if after_step is not None:
+            probe = _Probe(window, state, loss_sum, correct, seen)
+            if after_step(state, probe):
+                break
+    if window:
+        _check_finite(window, state)
+    _sync(device)
+    seconds = time.perf_counter() - t0
+    total = max(seen, 1)
+    return EpochStats(float(loss_sum) / total, float(correct) / total, seen, seconds, step_losses)
+
+
+class _Probe:
+    """A look into the running epoch for the caller of :func:`train_epoch`."""
+
+    def __init__(self, window, state, loss_sum, correct, seen) -> None:
+        self._window, self._state = window, state
+        self._loss_sum, self._correct, self._seen = loss_sum, correct, seen
+
+    def check(self) -> None:
+        if self._window:
+            _check_finite(self._window, self._state)
+            self._window.clear()
+
+    def running(self) -> tuple[float, float]:
+        n = max(self._seen, 1)
+        return float(self._loss_sum) / n, float(self._correct) / n
+
+
+def _check_finite(window: list[torch.Tensor], state: StepState) -> None:
+    """Raise naming the first step whose loss is not finite (``window`` ends at the current step)."""
+    finite = torch.isfinite(torch.stack(window))
+    if bool(finite.all()):
+        return
+    first_bad = int((~finite).nonzero()[0])
+    back = len(window) - 1 - first_bad  # how many steps before the current one
+    step = state.global_step - back
+    in_epoch = state.step_in_epoch - back
+    raise NonFiniteLossError(
+        f"the training loss became {float(window[first_bad]):.0f} at step {step} (epoch "
+        f"{state.epoch + 1}, batch {in_epoch + 1}); stopped without saving these weights "
+        f"(last.pt keeps the last good state): lower --lr or check the data"
+    )
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, x: torch.Tensor, device: torch.device, precision: str,
+                   tta: bool = False) -> torch.Tensor:
+    """Logits (fp32); with ``tta`` the mean of the image and its horizontal mirror."""
+    with autocast(device, precision):
+        logits = model(x).float()
+        if tta:
+            logits = 0.5 * (logits + model(torch.flip(x, dims=[3])).float())
+    return logits
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    num_classes: int,
+    *,
+    device: torch.device,
+    precision: str,
+    tta: bool = False,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> dict:
+    """Loss, top-1, top-5, per-class accuracy and the confusion matrix over ``loader``.
+
+    ``reduce`` sums a flat tensor across processes (distributed evaluation); every image is
+    counted exactly once because the eval loader shards without padding.
+    """
+    was_training = model.training
+    model.eval()
+    k5 = min(5, num_classes)
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    top5 = torch.zeros((), device=device, dtype=torch.int64)
+    cm = torch.zeros(num_classes, num_classes, device=device, dtype=torch.int64)
+    for x, y in loader:
+        logits = predict_logits(model, x, device, precision, tta)
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+        top5 += (logits.topk(k5, dim=1).indices == y[:, None]).any(1).sum()
+        cm += confusion_matrix(logits.argmax(1), y, num_classes).to(device)
+    flat = torch.cat([loss_sum.view(1), top5.double().view(1), cm.double().flatten()])
+    if reduce is not None:
+        flat = reduce(flat)
+    model.train(was_training)
+    cm = flat[2:].round().long().view(num_classes, num_classes).cpu()
+    count = int(cm.sum())
+    if count == 0:
+        raise UserError("the evaluation set is empty")
+    per_class = (cm.diag().double() / cm.sum(1).clamp(min=1).double()).tolist()
+    loss = float(flat[0]) / count
+    return {
+        "loss": loss if math.isfinite(loss) else float("nan"),
+        "top1": float(cm.diag().sum()) / count,
+        "top5": float(flat[1]) / count,
+        "count": count,
+        "per_class": per_class,
+        "confusion": cm.tolist(),
+    }

@@ -1,0 +1,220 @@
+"""A training run end to end: data -> model -> epochs -> run directory.
+
+The run directory holds ``config.json``, ``metrics.jsonl`` (one line per epoch), ``last.pt`` and
+``best.pt`` (everything exact resume needs), ``curves.png`` and, with ``log_steps``,
+``steps.jsonl`` (every step's loss). Only rank 0 writes. SIGTERM/SIGINT save ``last.pt`` at the
+current step and stop; resuming continues bit for bit.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from ..data.dataset import ImageData
+from ..errors import UserError
+from . import rundir
+from .checkpoint import atomic_save, peek, unwrap
+from .config import TrainConfig, validate
+from .distributed import DistContext, init_from_env, shutdown
+from .engine import StepState, evaluate, train_epoch
+from .schedule import apply_lr, lr_factor
+from .setup import Setup, build
+
+log = logging.getLogger(__name__)
+
+
+class TrainingInterrupted(UserError):
+    """The run was stopped by a signal after saving ``last.pt``."""
+
+    exit_code = 143
+
+
+@dataclass
+class RunResult:
+    """What a finished run reports (the same numbers are in the run directory)."""
+
+    out_dir: Path | None
+    history: list[dict]
+    test: dict
+    prep_seconds: float
+    train_seconds: float
+    compile_seconds: float
+    wall_seconds: float
+    config: dict = field(default_factory=dict)
+    classes: list[str] = field(default_factory=list)
+
+    @property
+    def test_top1(self) -> float:
+        return float(self.test.get("top1", float("nan")))
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[dict]:
+    """Turn SIGTERM/SIGINT into a flag checked after every step (main thread only)."""
+    flag: dict[str, Any] = {"signal": None}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum: int, _frame: Any) -> None:
+        flag["signal"] = signal.Signals(signum).name
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield flag
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+RESUME_OVERRIDABLE = ("epochs", "device", "max_steps", "log_steps", "checkpoint_every", "eval_every")
+
+
+def fit(cfg: TrainConfig | None = None, *, resume: str | Path | None = None,
+        resume_overrides: dict | None = None, progress: bool = False,
+        data: ImageData | None = None) -> RunResult:
+    """Train ``cfg``, or continue the run in directory ``resume`` from its ``last.pt``.
+
+    A resumed run takes its whole configuration from the checkpoint; ``resume_overrides`` may
+    change only the keys in :data:`RESUME_OVERRIDABLE` (``None`` values are ignored).
+    """
+    wall0 = time.perf_counter()
+    ckpt = None
+    if resume is not None:
+        last = Path(resume) / "last.pt" if Path(resume).is_dir() else Path(resume)
+        ckpt = peek(last)
+        extra = {k: v for k, v in (resume_overrides or {}).items() if v is not None}
+        bad = sorted(set(extra) - set(RESUME_OVERRIDABLE))
+        if bad:
+            raise UserError(f"--resume takes its settings from the checkpoint; cannot change {', '.join(bad)}")
+        cfg = TrainConfig.from_dict({**ckpt["config"], **extra})
+        cfg.out = str(last.parent)
+    elif cfg is None:
+        raise UserError("nothing to train: give a configuration or a run directory to resume")
+    validate(cfg)
+    dist_ctx, device_name = init_from_env(cfg.device)
+    cfg.device = device_name or cfg.device
+    try:
+        return _fit(cfg, ckpt, dist_ctx, progress, data, wall0)
+    finally:
+        shutdown()
+
+
+def _fit(cfg: TrainConfig, ckpt: dict | None, dist_ctx: DistContext, progress: bool,
+         data: ImageData | None, wall0: float) -> RunResult:
+    out = rundir.prepare(cfg, resuming=ckpt is not None) if dist_ctx.is_main else None
+    s: Setup = build(cfg, ckpt, dist_ctx, data, progress)
+    writer = rundir.RunWriter(out, cfg, s, ckpt) if out is not None else None
+    state = StepState()
+    history: list[dict] = []
+    best = {"metric": "val_top1" if s.val_loader is not None else "last", "value": None, "epoch": None}
+    if ckpt is not None:
+        state = StepState(ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"])
+        if state.step_in_epoch >= len(s.train_loader):  # saved right at an epoch's last step
+            state.epoch, state.step_in_epoch = state.epoch + 1, 0
+        history = list(ckpt.get("history", []))
+        best = dict(ckpt.get("best", best))
+        log.info("resuming %s at epoch %d, step %d", cfg.out, state.epoch + 1, state.global_step)
+
+    total_epochs = int(-(-cfg.epochs // 1))
+    steps_per_epoch = len(s.train_loader)
+    total_steps = max(1, int(round(cfg.epochs * steps_per_epoch)))
+    if cfg.max_steps is not None:
+        total_steps = min(total_steps, cfg.max_steps)
+    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+
+    def set_lr(step: int) -> float:
+        return apply_lr(s.optimizer, lr_factor(step, total_steps, warmup, cfg.schedule))
+
+    def checkpoint_payload(epoch_done: bool) -> dict:
+        return s.payload(state, history, best, epoch_done)
+
+    compile_seconds = 0.0
+    with _stop_on_signals() as stop:
+
+        bar = None
+
+        def after_step(st: StepState, probe) -> bool:
+            save = cfg.checkpoint_every and st.global_step % cfg.checkpoint_every == 0
+            halt = stop["signal"] is not None or st.global_step >= total_steps
+            if bar is not None and st.step_in_epoch % 10 == 0:
+                bar.show(*probe.running())
+            if (save or stop["signal"]) and writer is not None:
+                probe.check()
+                writer.save_last(checkpoint_payload(epoch_done=False))
+            if stop["signal"] is not None:
+                raise TrainingInterrupted(
+                    f"stopped by {stop['signal']} at epoch {st.epoch + 1}, step {st.global_step}; "
+                    f"saved {cfg.out}/last.pt, continue with --resume {cfg.out}")
+            return halt
+
+        while state.epoch < total_epochs and state.global_step < total_steps:
+            s.train_loader.set_epoch(state.epoch)
+            s.train_loader.skip_to(state.step_in_epoch)
+            bar = writer.progress_bar(state, steps_per_epoch, s.train_loader) if (writer and progress) else None
+            stats = train_epoch(
+                s.model, bar if bar is not None else s.train_loader, s.optimizer, state,
+                device=s.device, precision=s.precision, label_smoothing=cfg.label_smoothing,
+                set_lr=set_lr, after_step=after_step, record_steps=cfg.log_steps,
+            )
+            if bar is not None:
+                bar.close()
+            if cfg.compile and not history:
+                compile_seconds = s.compile_seconds(stats)
+            epoch_done = state.step_in_epoch >= steps_per_epoch or state.global_step >= total_steps
+            row = {"epoch": state.epoch + 1, "step": state.global_step, "lr": s.optimizer.param_groups[0]["lr"],
+                   "train_loss": stats.loss, "train_acc": stats.acc, "images_per_s": stats.images_per_s,
+                   "seconds": stats.seconds}
+            last_epoch = state.global_step >= total_steps or state.epoch + 1 >= total_epochs
+            if s.val_loader is not None:
+                v = _eval(s, s.val_loader, cfg.tta)
+                row.update(val_loss=v["loss"], val_acc=v["top1"])
+                if best["value"] is None or v["top1"] > best["value"]:
+                    best.update(value=v["top1"], epoch=state.epoch + 1)
+            if last_epoch or (cfg.eval_every and (state.epoch + 1) % cfg.eval_every == 0):
+                t = _eval(s, s.test_loader, cfg.tta)
+                row.update(test_loss=t["loss"], test_acc=t["top1"], test_top5=t["top5"])
+            history.append(row)
+            if writer is not None:
+                writer.log_steps(stats.step_losses, state.global_step - len(stats.step_losses))
+                writer.end_epoch(row)
+            if epoch_done:
+                state.epoch += 1
+                state.step_in_epoch = 0
+            if writer is not None:
+                payload = checkpoint_payload(epoch_done=True)
+                writer.save_last(payload)
+                if best["metric"] == "last" or best["epoch"] == row["epoch"]:
+                    writer.save_best(payload)
+            if not epoch_done:
+                break
+
+    final = _eval(s, s.test_loader, cfg.tta)
+    train_seconds = sum(r["seconds"] for r in history) - compile_seconds
+    result = RunResult(
+        out_dir=Path(cfg.out) if cfg.out else None, history=history, test=final,
+        prep_seconds=s.prep_seconds, train_seconds=train_seconds, compile_seconds=compile_seconds,
+        wall_seconds=time.perf_counter() - wall0, config=cfg.to_dict(), classes=s.data.classes,
+    )
+    if writer is not None:
+        writer.finish(result, unwrap(s.model))
+    return result
+
+
+def _eval(s: Setup, loader, tta: bool) -> dict:
+    return evaluate(s.model, loader, s.data.num_classes, device=s.device, precision=s.precision,
+                    tta=tta, reduce=s.dist.all_reduce_sum if s.dist.enabled else None)
+
+
+def save_checkpoint(path: str | Path, payload: dict) -> None:
+    """Public alias of the atomic writer used for run checkpoints."""
+    atomic_save(payload, path)

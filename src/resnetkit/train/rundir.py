@@ -1,0 +1,178 @@
+"""The run directory: refusing to clobber other runs, and writing what a run reports.
+
+Files: ``config.json``, ``metrics.jsonl``, ``steps.jsonl`` (optional), ``last.pt``, ``best.pt``,
+``curves.png``, ``result.json``; TensorBoard events under ``tb/`` when asked for and installed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tqdm import tqdm
+
+from ..errors import UserError
+from .checkpoint import atomic_save
+from .config import TrainConfig
+
+if TYPE_CHECKING:
+    from .run import RunResult
+    from .setup import Setup
+
+log = logging.getLogger(__name__)
+
+RUN_FILES = ("config.json", "last.pt", "metrics.jsonl")
+
+
+def default_out(cfg: TrainConfig) -> str:
+    return str(Path("runs") / f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def prepare(cfg: TrainConfig, resuming: bool) -> Path:
+    """Create (or check) the output directory; never overwrite another run silently."""
+    if not cfg.out:
+        cfg.out = default_out(cfg)
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a directory")
+    if not resuming and out.is_dir() and any((out / f).exists() for f in RUN_FILES) and not cfg.overwrite:
+        raise UserError(f"{out} already holds a run; pass --resume {out} to continue it, --overwrite to "
+                        f"replace it, or choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-", delete=True)
+        probe.close()
+    except OSError as e:
+        raise UserError(f"cannot write to the output directory {out}: {e.strerror or e}") from None
+    return out
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write JSON through a temp file and a rename."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"could not write {path}: {e.strerror or e}") from None
+
+
+class RunWriter:
+    """Writes a run's files (rank 0 only)."""
+
+    def __init__(self, out: Path, cfg: TrainConfig, setup: "Setup", ckpt: dict | None) -> None:
+        from .setup import versions
+
+        self.out = out
+        self.cfg = cfg
+        self.tb = None
+        config = {"config": cfg.to_dict(), "versions": versions(), "device": str(setup.device),
+                  "precision": setup.precision, "channels_last": setup.channels_last,
+                  "world_size": setup.dist.world_size, "classes": setup.data.classes,
+                  "mean": list(setup.mean), "std": list(setup.std), "image_size": setup.data.image_size,
+                  "data_fingerprint": setup.data.fingerprint, "prep_seconds": setup.prep_seconds,
+                  "skipped_images": len(setup.data.skipped)}
+        write_json(out / "config.json", config)
+        history = ckpt.get("history", []) if ckpt else []
+        # metrics.jsonl restarts from the checkpoint's history: rows after it never happened
+        self._rewrite_lines(out / "metrics.jsonl", history)
+        if cfg.log_steps:
+            steps = self._read_lines(out / "steps.jsonl") if ckpt else []
+            self._rewrite_lines(out / "steps.jsonl", [r for r in steps if r["step"] < (ckpt or {}).get("global_step", 0)])
+        if cfg.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(out / "tb"))
+            except ImportError:
+                log.warning("TensorBoard logging asked for but tensorboard is not installed; skipping it")
+
+    @staticmethod
+    def _read_lines(path: Path) -> list[dict]:
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    @staticmethod
+    def _rewrite_lines(path: Path, rows: list[dict]) -> None:
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        os.replace(tmp, path)
+
+    def _append(self, name: str, rows: list[dict]) -> None:
+        if rows:
+            with open(self.out / name, "a") as f:
+                f.write("".join(json.dumps(r) + "\n" for r in rows))
+
+    def progress_bar(self, state, steps_per_epoch: int, loader):
+        return _EpochBar(state, steps_per_epoch, self.cfg.epochs, loader)
+
+    def log_steps(self, losses: list[float], first_step: int) -> None:
+        if self.cfg.log_steps:
+            self._append("steps.jsonl", [{"step": first_step + i, "loss": v} for i, v in enumerate(losses)])
+
+    def end_epoch(self, row: dict) -> None:
+        self._append("metrics.jsonl", [row])
+        parts = [f"epoch {row['epoch']}", f"loss {row['train_loss']:.4f}", f"acc {row['train_acc']:.2%}"]
+        if "val_acc" in row:
+            parts.append(f"val {row['val_acc']:.2%}")
+        if "test_acc" in row:
+            parts.append(f"test {row['test_acc']:.2%}")
+        parts += [f"lr {row['lr']:.4g}", f"{row['images_per_s']:.0f} img/s", f"{row['seconds']:.1f}s"]
+        log.info(" | ".join(parts))
+        if self.tb is not None:
+            for k, v in row.items():
+                if k != "epoch" and isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, row["epoch"])
+        try:
+            from ..plots import plot_curves
+
+            plot_curves(self._read_lines(self.out / "metrics.jsonl"), self.out / "curves.png")
+        except Exception as e:  # a plotting problem must never stop training
+            log.warning("could not draw curves.png: %s", e)
+
+    def save_last(self, payload: dict) -> None:
+        atomic_save(payload, self.out / "last.pt")
+
+    def save_best(self, payload: dict) -> None:
+        atomic_save(payload, self.out / "best.pt")
+
+    def finish(self, result: "RunResult", model) -> None:
+        summary = {"test": {k: v for k, v in result.test.items() if k != "confusion"},
+                   "prep_seconds": result.prep_seconds, "train_seconds": result.train_seconds,
+                   "compile_seconds": result.compile_seconds, "wall_seconds": result.wall_seconds,
+                   "epochs": len(result.history)}
+        write_json(self.out / "result.json", summary)
+        if self.tb is not None:
+            self.tb.close()
+
+
+class _EpochBar:
+    """A tqdm bar over one epoch's steps that shows loss, accuracy and images/s."""
+
+    def __init__(self, state, total: int, epochs: float, loader) -> None:
+        self.loader = loader
+        self.bar = tqdm(total=total, initial=state.step_in_epoch, desc=f"epoch {state.epoch + 1}/{epochs:g}",
+                        unit="step", file=sys.stderr, dynamic_ncols=True, leave=False)
+        self.t0 = time.perf_counter()
+        self.images = 0
+
+    def __iter__(self):
+        for x, y in self.loader:
+            yield x, y
+            self.images += y.shape[0]
+            self.bar.update(1)
+
+    def show(self, loss: float, acc: float) -> None:
+        rate = self.images / max(time.perf_counter() - self.t0, 1e-9)
+        self.bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.1%}", img_s=f"{rate:.0f}", refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()

@@ -1,0 +1,38 @@
+"""Learning-rate schedules as a pure function of the global step (so resume is exact).
+
+- ``constant``: the tutorial's fixed learning rate.
+- ``cosine``: linear warmup, then half-cosine decay to zero (Loshchilov and Hutter 2017).
+- ``linear``: linear warmup, then linear decay to zero: the one-cycle shape used by the fast
+  CIFAR-10 trainers (Smith 2018; Page 2018; Jordan 2024).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+SCHEDULES = ("constant", "cosine", "linear")
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int = 0, kind: str = "cosine",
+              final: float = 0.0) -> float:
+    """Multiplier of the base learning rate at ``step`` (0-based) of ``total_steps``."""
+    if kind not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {kind!r}")
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if kind == "constant":
+        return 1.0
+    span = max(1, total_steps - warmup_steps)
+    t = min(1.0, (step - warmup_steps) / span)
+    if kind == "cosine":
+        return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * t))
+    return final + (1.0 - final) * (1.0 - t)
+
+
+def apply_lr(optimizer: torch.optim.Optimizer, factor: float) -> float:
+    """Set every param group's lr to ``initial_lr * factor``; returns the first group's lr."""
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"] * factor
+    return optimizer.param_groups[0]["lr"]

@@ -1,0 +1,204 @@
+"""Everything a run needs before its first step: device, data, model, optimizer and loaders.
+
+Built the same way for a new run and a resumed one; a resumed run then overwrites the model,
+optimizer and RNG states from the checkpoint, so the two continue identically.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import __version__
+from ..data.augment import AugmentConfig
+from ..data.dataset import ImageData
+from ..data.loader import DeviceLoader
+from ..errors import UserError
+from ..models import create_model
+from .checkpoint import FORMAT, FORMAT_VERSION, CheckpointError, load_model_weights, unwrap
+from .config import TrainConfig
+from .device import (
+    resolve_channels_last, resolve_device, resolve_precision, rng_state, seed_everything,
+    set_deterministic, set_rng_state,
+)
+from .distributed import DistContext
+from .engine import EpochStats, StepState
+from .optim import build_sgd
+from .pretrained import apply_pretrained
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Setup:
+    cfg: TrainConfig
+    dist: DistContext
+    device: torch.device
+    precision: str
+    channels_last: bool
+    data: ImageData
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    train_loader: DeviceLoader
+    val_loader: DeviceLoader | None
+    test_loader: DeviceLoader
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    prep_seconds: float
+    warmup_seconds: float = 0.0
+
+    def payload(self, state: StepState, history: list[dict], best: dict, epoch_done: bool) -> dict:
+        """The checkpoint dict: loadable with ``weights_only=True``, enough to resume exactly."""
+        net = unwrap(self.model)
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "model": net.state_dict(),
+            "model_name": self.cfg.model,
+            "model_kwargs": dict(net.spec["kwargs"]),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": state.epoch,
+            "step_in_epoch": state.step_in_epoch,
+            "global_step": state.global_step,
+            "epoch_done": epoch_done,
+            "rng": rng_state(),
+            "best": dict(best),
+            "history": list(history),
+            "config": self.cfg.to_dict(),
+            "classes": list(self.data.classes),
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "image_size": self.data.image_size,
+            "in_channels": int(self.data.train_images.shape[1]),
+            "data_fingerprint": self.data.fingerprint,
+            "world_size": self.dist.world_size,
+            "versions": versions(),
+        }
+
+    def compile_seconds(self, stats: EpochStats) -> float:
+        return self.warmup_seconds
+
+
+def versions() -> dict[str, str]:
+    import torchvision
+
+    return {"resnetkit": __version__, "torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
+            "python": platform.python_version()}
+
+
+def _load_data(cfg: TrainConfig, dist: DistContext, progress: bool) -> tuple[ImageData, float]:
+    from ..data.prepare import prepare_data
+
+    t0 = time.perf_counter()
+    # rank 0 decodes and caches first; the others then read its cache
+    for turn in ((0,), tuple(range(1, dist.world_size))):
+        if dist.rank in turn:
+            data = prepare_data(cfg.data, dataset=cfg.dataset, image_size=cfg.image_size,
+                                skip_bad_images=cfg.skip_bad_images, download=cfg.download,
+                                progress=progress and dist.is_main)
+        dist.barrier()
+    return data, time.perf_counter() - t0
+
+
+def _split(data: ImageData, n_val: int, seed: int):
+    x, y = data.train_images, data.train_labels
+    if n_val == 0:
+        return x, y, None, None
+    if n_val >= len(x):
+        raise UserError(f"--val-split {n_val} must be smaller than the {len(x)} training images")
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed + 7919))
+    tr, va = perm[:-n_val].sort().values, perm[-n_val:].sort().values
+    return x[tr], y[tr], x[va], y[va]
+
+
+def build(cfg: TrainConfig, ckpt: dict | None, dist: DistContext, data: ImageData | None,
+          progress: bool = False) -> Setup:
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    channels_last = resolve_channels_last(cfg.channels_last, device, precision)
+    seed_everything(cfg.seed)
+    set_deterministic(cfg.deterministic, device)
+    if device.type == "cuda" and not cfg.deterministic:
+        torch.backends.cudnn.benchmark = True
+    if ckpt is not None and ckpt.get("world_size", 1) != dist.world_size:
+        raise UserError(f"this run was saved with {ckpt.get('world_size', 1)} process(es) and is resumed with "
+                        f"{dist.world_size}; resume with the same world size so the data order is the same")
+    if data is None:
+        data, prep_seconds = _load_data(cfg, dist, progress)
+    else:
+        prep_seconds = 0.0
+    if cfg.batch_size % dist.world_size:
+        raise UserError(f"--batch-size {cfg.batch_size} must be divisible by the {dist.world_size} processes")
+    per_rank = cfg.batch_size // dist.world_size
+    tx, ty, vx, vy = _split(data, cfg.val_split, cfg.seed)
+    if cfg.batch_size > len(tx):
+        raise UserError(f"--batch-size {cfg.batch_size} is larger than the {len(tx)} training images")
+
+    model = create_model(cfg.model, num_classes=data.num_classes, in_channels=int(data.train_images.shape[1]),
+                         **cfg.model_kwargs)
+    mean, std = data.mean, data.std
+    if cfg.pretrained and ckpt is None:
+        mean, std = apply_pretrained(model, cfg.pretrained, cfg.model, data, cfg.freeze_backbone)
+    elif cfg.pretrained and ckpt is not None:
+        mean, std = tuple(ckpt["mean"]), tuple(ckpt["std"])
+    model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    optimizer = build_sgd(model, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.nesterov, cfg.no_decay_1d,
+                          cfg.backbone_lr_mult)
+    if ckpt is not None:
+        load_model_weights(model, ckpt["model"], "the checkpoint")
+        try:
+            optimizer.load_state_dict(ckpt["optimizer"])
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(f"the checkpoint's optimizer state does not fit this run ({e})") from None
+        set_rng_state(ckpt["rng"])
+    if cfg.sync_bn and dist.enabled:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    net: nn.Module = model
+    if dist.enabled:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        net = torch.compile(net)
+
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    aug = AugmentConfig(crop_pad=cfg.crop_pad, crop_fill=cfg.crop_fill, flip=cfg.flip, cutout=cfg.cutout)
+    common: dict[str, Any] = dict(device=device, mean=mean, std=std, seed=cfg.seed, dtype=dtype,
+                                  channels_last=channels_last, rank=dist.rank, world_size=dist.world_size)
+    train_loader = DeviceLoader(tx, ty, batch_size=per_rank, train=True, augment=aug, **common)
+    eval_bs = max(per_rank, 256)
+    val_loader = DeviceLoader(vx, vy, batch_size=eval_bs, train=False, **common) if vx is not None else None
+    test_loader = DeviceLoader(data.test_images, data.test_labels, batch_size=eval_bs, train=False, **common)
+    s = Setup(cfg, dist, device, precision, channels_last, data, net, optimizer, train_loader, val_loader,
+              test_loader, mean, std, prep_seconds)
+    if cfg.compile:
+        s.warmup_seconds = _warm_up_compiled(s)
+    log.info("device %s, precision %s, channels_last %s, %d train / %d test images, %d classes",
+             device, precision, channels_last, len(tx), len(data.test_labels), data.num_classes)
+    return s
+
+
+def _warm_up_compiled(s: Setup) -> float:
+    """Compile before the clock starts: one train step and one eval pass, then restore all state."""
+    from .engine import predict_logits, train_epoch
+
+    t0 = time.perf_counter()
+    saved = (copy.deepcopy(unwrap(s.model).state_dict()), copy.deepcopy(s.optimizer.state_dict()), rng_state())
+    s.train_loader.set_epoch(0)
+    train_epoch(s.model, s.train_loader, s.optimizer, StepState(), device=s.device, precision=s.precision,
+                label_smoothing=0.0, set_lr=lambda _step: 0.0, max_steps=1)
+    x, _ = next(iter(s.test_loader))
+    predict_logits(s.model, x, s.device, s.precision)
+    unwrap(s.model).load_state_dict(saved[0])
+    s.optimizer.load_state_dict(saved[1])
+    set_rng_state(saved[2])
+    if s.device.type == "cuda":
+        torch.cuda.synchronize(s.device)
+    return time.perf_counter() - t0
+

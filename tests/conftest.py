@@ -1,0 +1,45 @@
+"""Shared fixtures: the real JPEG CIFAR-10 archive from ../shared, and an isolated cache dir."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+CIFAR_JPEG = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test gets its own resnetkit cache unless it asks for the session one."""
+    monkeypatch.setenv("RESNETKIT_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture(scope="session")
+def cifar_jpeg() -> Path:
+    """Path of ../shared/data/cifar10-jpeg.tar.gz; tests needing it skip when it is absent."""
+    if not CIFAR_JPEG.is_file():
+        pytest.skip(f"real data not found at {CIFAR_JPEG}")
+    return CIFAR_JPEG
+
+
+@pytest.fixture(scope="session")
+def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache directory shared by the whole test session (decode the real archive once)."""
+    return tmp_path_factory.mktemp("session-cache")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ.setdefault("MPLBACKEND", "Agg")
