@@ -10,12 +10,13 @@ from __future__ import annotations
 import difflib
 import fnmatch
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from torch import nn
 
 from ..errors import UserError
 from .resnet import ResNet
+from .resnet9 import ResNet9
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class ModelInfo:
     input_size: tuple[int, int, int]
     defaults: dict[str, Any] = field(default_factory=dict)
     doc: str = ""
+    builder: Callable[..., nn.Module] = ResNet
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
@@ -39,11 +41,12 @@ class UnknownModelError(UserError, KeyError):
         return str(self.args[0])
 
 
-def register(name: str, family: str, input_size: tuple[int, int, int], doc: str = "", **defaults: Any) -> None:
-    """Register ``name`` as ``ResNet(**defaults)`` with the given family and default input size."""
+def register(name: str, family: str, input_size: tuple[int, int, int], doc: str = "",
+             builder: Callable[..., nn.Module] = ResNet, **defaults: Any) -> None:
+    """Register ``name`` as ``builder(**defaults)`` (the ResNet builder unless another is given)."""
     if name in _REGISTRY:
         raise ValueError(f"model {name!r} is already registered")
-    _REGISTRY[name] = ModelInfo(name, family, input_size, defaults, doc)
+    _REGISTRY[name] = ModelInfo(name, family, input_size, defaults, doc, builder)
 
 
 def list_models(pattern: str | None = None) -> list[str]:
@@ -76,7 +79,7 @@ def create_model(name: str, num_classes: int | None = None, **overrides: Any) ->
         kwargs["num_classes"] = num_classes
     args = {**info.defaults, **kwargs}
     try:
-        model = ResNet(**args)
+        model = info.builder(**args)
     except TypeError as e:
         raise UserError(f"bad option for model {name!r}: {e}") from None
     model.spec = {"name": name, "kwargs": kwargs}
@@ -129,3 +132,7 @@ for _d, _k in ((16, 4), (16, 8), (28, 10), (40, 4)):
     register(f"wrn{_d}_{_k}", "wide-resnet-cifar", _CIFAR, block="preact_basic", layers=((_d - 4) // 6,) * 3,
              stem="cifar", widths=(16 * _k, 32 * _k, 64 * _k), stem_width=16, num_classes=10)
 
+
+# ResNet-9 (Page 2018), the speed-record net, and a half-width version for CPUs.
+register("resnet9", "resnet9", _CIFAR, builder=ResNet9, num_classes=10)
+register("resnet9_half", "resnet9", _CIFAR, builder=ResNet9, num_classes=10, width_mult=0.5)

@@ -1,0 +1,210 @@
+"""Benchmarks: training throughput against the tutorial's pipeline and a ceiling, and
+time-to-accuracy over seeds.
+
+Throughput compares, in one process and one run:
+  (a) resnetkit's pipeline: the device-resident loader with batched augmentation, at the
+      resolved precision and memory layout;
+  (b) the tutorial's pipeline, reproduced faithfully: a torchvision DataLoader over the same
+      images with per-image PIL ``RandomCrop(32, 4)`` + ``RandomHorizontalFlip`` + ``ToTensor`` +
+      ``Normalize``, batch 128, ``num_workers=0``, fp32;
+  (c) a ceiling: the same model, batch and precision as (a) on one batch already on the device.
+Each figure is the median of per-step times (device-synchronised) after warm-up steps.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data.dataset import ImageData
+from .data.loader import DeviceLoader
+from .models import create_model
+from .train.device import autocast, resolve_channels_last, resolve_device, resolve_precision
+from .train.optim import build_sgd
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Throughput:
+    name: str
+    batch_size: int
+    precision: str
+    channels_last: bool
+    images_per_s: float
+    step_ms: float
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time_steps(model: nn.Module, opt: torch.optim.Optimizer, batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+                device: torch.device, precision: str, warmup: int, steps: int,
+                prepare: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+                ) -> list[float]:
+    """Per-step wall times (data fetch included) for ``steps`` steps after ``warmup``."""
+    times = []
+    model.train()
+    for i in range(warmup + steps):
+        _sync(device)
+        t0 = time.perf_counter()
+        x, y = next(batches)
+        if prepare is not None:
+            x, y = prepare(x, y)
+        with autocast(device, precision):
+            loss = F.cross_entropy(model(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        _sync(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def _cycle(make: Callable[[], Iterable]) -> Iterator:
+    epoch = 0
+    while True:
+        it = make(epoch)
+        yield from it
+        epoch += 1
+
+
+def _fresh(model_name: str, num_classes: int, device: torch.device, channels_last: bool):
+    torch.manual_seed(0)
+    model = create_model(model_name, num_classes=num_classes)
+    model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    return model, build_sgd(model, 0.01, 0.9, 5e-4, nesterov=True)
+
+
+def tutorial_loader(data: ImageData, batch_size: int = 128):
+    """The tutorial's input pipeline over ``data``'s training images (PIL per image, 0 workers)."""
+    import torchvision.transforms as T
+    from PIL import Image
+
+    tf = T.Compose([T.RandomCrop(data.image_size, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
+                    T.Normalize(data.mean, data.std)])
+    images = data.train_images.permute(0, 2, 3, 1).contiguous().numpy()
+    labels = data.train_labels.tolist()
+
+    class _Set(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return len(labels)
+
+        def __getitem__(self, i: int):
+            return tf(Image.fromarray(images[i])), labels[i]
+
+    return torch.utils.data.DataLoader(_Set(), batch_size=batch_size, shuffle=True, num_workers=0, drop_last=True)
+
+
+def throughput(model_name: str, data: ImageData, *, device: str = "auto", precision: str = "auto",
+               channels_last: bool | None = None, batch_size: int = 256, steps: int = 20, warmup: int = 3,
+               tutorial_batch_size: int = 128, include_tutorial: bool = True) -> list[Throughput]:
+    """Measure (a) resnetkit, (b) the tutorial pipeline, (c) the ceiling, in this order."""
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    cl = resolve_channels_last(channels_last, dev, prec)
+    dtype = torch.bfloat16 if prec == "bf16" else torch.float32
+    results = []
+
+    def record(name: str, bs: int, p: str, c: bool, times: list[float]) -> None:
+        med = statistics.median(times)
+        results.append(Throughput(name, bs, p, c, bs / med, med * 1e3))
+        log.info("%s: %.0f img/s (median step %.1f ms)", name, bs / med, med * 1e3)
+
+    model, opt = _fresh(model_name, data.num_classes, dev, cl)
+    loader = DeviceLoader(data.train_images, data.train_labels, batch_size=batch_size, device=dev, train=True,
+                          mean=data.mean, std=data.std, dtype=dtype, channels_last=cl)
+
+    def epoch_iter(e: int):
+        loader.set_epoch(e)
+        return iter(loader)
+
+    record("resnetkit", batch_size, prec, cl, _time_steps(model, opt, _cycle(epoch_iter), dev, prec, warmup, steps))
+
+    if include_tutorial:
+        model, opt = _fresh(model_name, data.num_classes, dev, False)
+        tut = tutorial_loader(data, tutorial_batch_size)
+        record("tutorial", tutorial_batch_size, "fp32", False,
+               _time_steps(model, opt, _cycle(lambda e: iter(tut)), dev, "fp32", warmup, steps,
+                           prepare=lambda x, y: (x.to(dev), y.to(dev))))
+
+    model, opt = _fresh(model_name, data.num_classes, dev, cl)
+    loader.set_epoch(0)
+    x, y = next(iter(loader))
+
+    def fixed():
+        while True:
+            yield x, y
+
+    record("ceiling", batch_size, prec, cl, _time_steps(model, opt, fixed(), dev, prec, warmup, steps))
+    return results
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return float("nan"), float("nan")
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+@dataclass
+class SeedRun:
+    seed: int
+    top1: float
+    train_seconds: float
+    compile_seconds: float
+    prep_seconds: float
+    wall_seconds: float
+    epochs: float
+
+
+def epochs_for_budget(model_name: str, data: ImageData, budget_seconds: float, batch_size: int, *,
+                      device: str = "auto", precision: str = "auto", safety: float = 0.92) -> float:
+    """Epochs that fit ``budget_seconds`` of training, from a short throughput calibration."""
+    r = throughput(model_name, data, device=device, precision=precision, batch_size=batch_size,
+                   steps=8, warmup=2, include_tutorial=False)[0]
+    return max(0.05, safety * budget_seconds * r.images_per_s / len(data.train_labels))
+
+
+def time_to_accuracy(recipe: str, data_source: str, seeds: list[int], out_root: str, *,
+                     epochs: float | None = None, budget_seconds: float | None = None,
+                     progress: bool = False, **overrides) -> dict:
+    """Run ``recipe`` once per seed with a fixed budget; mean +- std of time and final accuracy.
+
+    The speedrun convention: the budget is fixed in advance (epochs, or seconds converted to
+    epochs by a calibration before the first run), no early stopping and no epoch picking on the
+    test set; the reported accuracy is each run's final test top-1. Compile time is apart.
+    """
+    from .api import train
+    from .data.prepare import prepare_data
+    from .train.config import resolve_config
+
+    cfg = resolve_config(recipe, data=data_source, **overrides)
+    data = prepare_data(data_source, dataset=cfg.dataset, image_size=cfg.image_size, progress=progress)
+    if budget_seconds is not None:
+        epochs = epochs_for_budget(cfg.model, data, budget_seconds, cfg.batch_size, device=cfg.device,
+                                   precision=cfg.precision)
+        log.info("budget %.0f s -> %.2f epochs", budget_seconds, epochs)
+    runs = []
+    for seed in seeds:
+        r = train(recipe=recipe, data=data_source, seed=seed, epochs=epochs, eval_every=0,
+                  out=f"{out_root}/seed{seed}", overwrite=True, progress=progress, **overrides)
+        runs.append(SeedRun(seed, r.test_top1, r.train_seconds, r.compile_seconds, r.prep_seconds,
+                            r.wall_seconds, float(r.config["epochs"])))
+    acc_m, acc_s = mean_std([r.top1 for r in runs])
+    t_m, t_s = mean_std([r.train_seconds for r in runs])
+    return {"recipe": recipe, "model": cfg.model, "data": data_source, "epochs": runs[0].epochs if runs else epochs,
+            "budget_seconds": budget_seconds, "seeds": seeds, "runs": [r.__dict__ for r in runs],
+            "top1_mean": acc_m, "top1_std": acc_s, "train_seconds_mean": t_m, "train_seconds_std": t_s,
+            "compile_seconds_mean": mean_std([r.compile_seconds for r in runs])[0],
+            "prep_seconds_mean": mean_std([r.prep_seconds for r in runs])[0],
+            "wall_seconds_mean": mean_std([r.wall_seconds for r in runs])[0]}

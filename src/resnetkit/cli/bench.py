@@ -1,0 +1,102 @@
+"""``resnetkit bench``: throughput and time-to-accuracy tables (printed last, and as JSON)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from pathlib import Path
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="measure training throughput or time-to-accuracy",
+                       description="Benchmarks that print a table last and write JSON.")
+    modes = p.add_subparsers(dest="mode", metavar="MODE")
+    modes.required = True
+    t = modes.add_parser("throughput", help="img/s: resnetkit vs the tutorial's pipeline vs a ceiling, same run")
+    t.add_argument("--model", default="resnet20")
+    t.add_argument("--data", default="synthetic", help="data source (default: synthetic)")
+    t.add_argument("--batch-size", type=int, default=256, help="batch for resnetkit and the ceiling")
+    t.add_argument("--steps", type=int, default=20, help="timed steps per pipeline (after warm-up)")
+    t.add_argument("--warmup", type=int, default=3)
+    t.add_argument("--device", default="auto")
+    t.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    t.add_argument("--no-tutorial", action="store_true", help="skip the tutorial pipeline (slow on CPU)")
+    t.add_argument("--json", default="bench/results/throughput.json", help="where to write the JSON")
+    t.set_defaults(func=run_throughput)
+    a = modes.add_parser("time-to-accuracy", help="a recipe with a fixed budget over seeds: mean +- std")
+    a.add_argument("--recipe", default="fast")
+    a.add_argument("--model", help="override the recipe's model")
+    a.add_argument("--data", default="synthetic")
+    a.add_argument("--seeds", type=int, default=2, help="number of seeds (0..N-1)")
+    g = a.add_mutually_exclusive_group()
+    g.add_argument("--epochs", type=float, help="budget in epochs (default: the recipe's)")
+    g.add_argument("--budget-seconds", type=float, help="budget in training seconds (converted to epochs first)")
+    a.add_argument("--batch-size", type=int)
+    a.add_argument("--lr", type=float)
+    a.add_argument("--device")
+    a.add_argument("--compile", action="store_true", default=None)
+    a.add_argument("--max-steps", type=int, help="cap steps per run (smoke tests)")
+    a.add_argument("--out", default="runs/bench-tta", help="run directories go under here")
+    a.add_argument("--json", default="bench/results/time_to_accuracy.json")
+    a.set_defaults(func=run_tta)
+
+
+def _write(path: str, obj: dict) -> None:
+    from ..train.rundir import write_json
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    write_json(p, obj)
+
+
+def _machine() -> dict:
+    import torch
+
+    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or platform.machine()
+    return {"device": dev, "torch": torch.__version__, "threads": torch.get_num_threads()}
+
+
+def run_throughput(args: argparse.Namespace) -> int:
+    from ..benchmark import throughput
+    from ..data.prepare import prepare_data
+
+    data = prepare_data(args.data, progress=sys.stderr.isatty())
+    rows = throughput(args.model, data, device=args.device, precision=args.precision, batch_size=args.batch_size,
+                      steps=args.steps, warmup=args.warmup, include_tutorial=not args.no_tutorial)
+    by = {r.name: r for r in rows}
+    out = {"mode": "throughput", "model": args.model, "data": args.data, "machine": _machine(),
+           "rows": [r.__dict__ for r in rows]}
+    if "tutorial" in by:
+        out["resnetkit_over_tutorial"] = by["resnetkit"].images_per_s / by["tutorial"].images_per_s
+    out["resnetkit_over_ceiling"] = by["resnetkit"].images_per_s / by["ceiling"].images_per_s
+    _write(args.json, out)
+    print(f"throughput of {args.model} on {args.data} ({out['machine']['device']}, torch {out['machine']['torch']})")
+    print(f"{'pipeline':<10} {'batch':>5} {'precision':>9} {'layout':>13} {'img/s':>8} {'step ms':>8}")
+    for r in rows:
+        print(f"{r.name:<10} {r.batch_size:>5} {r.precision:>9} {'channels_last' if r.channels_last else 'contiguous':>13}"
+              f" {r.images_per_s:>8.0f} {r.step_ms:>8.1f}")
+    if "resnetkit_over_tutorial" in out:
+        print(f"resnetkit / tutorial = {out['resnetkit_over_tutorial']:.2f}x")
+    print(f"resnetkit / ceiling  = {out['resnetkit_over_ceiling']:.2f}")
+    return 0
+
+
+def run_tta(args: argparse.Namespace) -> int:
+    from ..benchmark import time_to_accuracy
+
+    overrides = {k: getattr(args, k) for k in ("model", "batch_size", "lr", "device", "compile", "max_steps")
+                 if getattr(args, k) is not None}
+    res = time_to_accuracy(args.recipe, args.data, list(range(args.seeds)), args.out, epochs=args.epochs,
+                           budget_seconds=args.budget_seconds, progress=sys.stderr.isatty(), **overrides)
+    res["machine"] = _machine()
+    _write(args.json, res)
+    print(json.dumps({k: v for k, v in res.items() if k != "runs"}, default=str))
+    print(f"{'seed':>4} {'epochs':>7} {'top-1':>7} {'train s':>8} {'compile s':>9} {'prep s':>7}")
+    for r in res["runs"]:
+        print(f"{r['seed']:>4} {r['epochs']:>7.2f} {r['top1']:>7.2%} {r['train_seconds']:>8.1f} "
+              f"{r['compile_seconds']:>9.1f} {r['prep_seconds']:>7.1f}")
+    print(f"{res['recipe']} ({res['model']}): top-1 {res['top1_mean']:.2%} +- {res['top1_std']:.2%}, "
+          f"train {res['train_seconds_mean']:.1f} +- {res['train_seconds_std']:.1f} s over {len(res['runs'])} seed(s)")
+    return 0
