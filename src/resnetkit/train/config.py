@@ -7,6 +7,7 @@ arguments) override the recipe; ``None`` means "not given", so defaults never ov
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +52,7 @@ class TrainConfig:
     eval_every: int = 1
     tta: bool = False
     max_steps: int | None = None
+    stop_after_steps: int | None = None  # save last.pt and stop; unlike max_steps the schedule is unchanged
     log_steps: bool = False
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     pretrained: str | None = None
@@ -128,7 +130,8 @@ def resolve_config(recipe: str | None = None, **overrides: Any) -> TrainConfig:
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise UserError(f"unknown training option(s): {', '.join(unknown)}")
-    values = {**RECIPES[name].values, **{k: v for k, v in overrides.items() if v is not None}}
+    given = {k: (os.fspath(v) if isinstance(v, os.PathLike) else v) for k, v in overrides.items() if v is not None}
+    values = {**RECIPES[name].values, **given}
     cfg = TrainConfig(recipe=name, **values)
     validate(cfg)
     return cfg
@@ -154,6 +157,8 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError(f"--checkpoint-every must be >= 0, got {cfg.checkpoint_every}")
     if cfg.max_steps is not None and cfg.max_steps <= 0:
         raise UserError(f"--max-steps must be positive, got {cfg.max_steps}")
+    if cfg.stop_after_steps is not None and cfg.stop_after_steps <= 0:
+        raise UserError(f"--stop-after-steps must be positive, got {cfg.stop_after_steps}")
     if cfg.schedule not in ("constant", "cosine", "linear"):
         raise UserError(f"--schedule must be constant, cosine or linear, got {cfg.schedule!r}")
     if cfg.flip not in ("random", "alternating", "none"):

@@ -66,6 +66,7 @@ def train_epoch(
     max_steps: int | None = None,
     after_step: Callable[[StepState, "_Probe"], bool] | None = None,
     record_steps: bool = False,
+    reduce_loss: Callable[[torch.Tensor], torch.Tensor] | None = None,
     check_every: int | None = None,
 ) -> EpochStats:
     """Train over ``loader`` from ``state.step_in_epoch``; ``after_step`` returning True stops early.
@@ -75,9 +76,11 @@ def train_epoch(
     ``probe.running()`` gives the epoch's running loss and accuracy (both synchronise).
 
     ``set_lr(global_step)`` sets the learning rate before each step. ``max_steps`` caps the
-    global step count (tests and smoke runs).
+    global step count (tests and smoke runs). ``reduce_loss`` turns a step's loss into the value
+    that ``record_steps`` records (distributed runs: the mean over ranks).
     """
     model.train()
+    _keep_frozen_norms_in_eval(model)
     check_every = check_every or (1 if device.type == "cpu" else 25)
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.int64)
@@ -105,12 +108,12 @@ def train_epoch(
         loss_sum += detached.double() * n
         correct += (logits.detach().argmax(1) == y).sum()
         seen += n
-        if record_steps:
-            step_losses.append(float(detached))
+        if record_steps:  # under DDP the mean over ranks: the loss on the global batch
+            step_losses.append(float(reduce_loss(detached) if reduce_loss is not None else detached))
         state.step_in_epoch += 1
         state.global_step += 1
         if after_step is not None:
-            probe = _Probe(window, state, loss_sum, correct, seen)
+            probe = _Probe(window, state, loss_sum, correct, seen, step_losses)
             if after_step(state, probe):
                 break
     if window:
@@ -121,12 +124,27 @@ def train_epoch(
     return EpochStats(float(loss_sum) / total, float(correct) / total, seen, seconds, step_losses)
 
 
-class _Probe:
-    """A look into the running epoch for the caller of :func:`train_epoch`."""
+def _keep_frozen_norms_in_eval(model: nn.Module) -> None:
+    """BatchNorm layers whose parameters are all frozen (``--freeze-backbone``) keep their
+    running statistics too: they stay in eval mode while the rest trains."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            params = list(m.parameters())
+            if params and not any(p.requires_grad for p in params):
+                m.eval()
 
-    def __init__(self, window, state, loss_sum, correct, seen) -> None:
+
+class _Probe:
+    """A look into the running epoch for the caller of :func:`train_epoch`.
+
+    ``step_losses`` is this epoch's per-step losses so far (with ``record_steps``), so a caller
+    can write them out with a mid-epoch checkpoint.
+    """
+
+    def __init__(self, window, state, loss_sum, correct, seen, step_losses=None) -> None:
         self._window, self._state = window, state
         self._loss_sum, self._correct, self._seen = loss_sum, correct, seen
+        self.step_losses: list[float] = step_losses if step_losses is not None else []
 
     def check(self) -> None:
         if self._window:
@@ -151,6 +169,21 @@ def _check_finite(window: list[torch.Tensor], state: StepState) -> None:
         f"the training loss became {float(window[first_bad]):.0f} at step {step} (epoch "
         f"{state.epoch + 1}, batch {in_epoch + 1}); stopped without saving these weights "
         f"(last.pt keeps the last good state): lower --lr or check the data"
+    )
+
+
+def check_weights_finite(model: nn.Module, state: StepState) -> None:
+    """Raise before a checkpoint holds NaN/inf weights (a step can overflow them while its loss is finite)."""
+    tensors = [(k, v) for k, v in model.state_dict().items() if v.is_floating_point()]
+    if not tensors:
+        return
+    finite = torch.stack([torch.isfinite(v).all() for _, v in tensors])  # one sync, not one per tensor
+    if bool(finite.all()):
+        return
+    first = tensors[int((~finite).nonzero()[0])][0]
+    raise NonFiniteLossError(
+        f"the weights became non-finite by step {state.global_step} (first: {first}); "
+        f"stopped without saving them (last.pt keeps the last good state): lower --lr or check the data"
     )
 
 

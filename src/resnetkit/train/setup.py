@@ -98,9 +98,11 @@ def _load_data(cfg: TrainConfig, dist: DistContext, progress: bool) -> tuple[Ima
     from ..data.prepare import prepare_data
 
     t0 = time.perf_counter()
-    # rank 0 decodes and caches first; the others then read its cache
-    for turn in ((0,), tuple(range(1, dist.world_size))):
-        if dist.rank in turn:
+    # rank 0 decodes and caches first; then the first process of each other machine (which reads
+    # that cache on a shared file system, or builds its machine's own); then all the others
+    mine = 0 if dist.rank == 0 else 1 if dist.local_rank == 0 else 2
+    for turn in range(3):
+        if turn == mine:
             data = prepare_data(cfg.data, dataset=cfg.dataset, image_size=cfg.image_size,
                                 skip_bad_images=cfg.skip_bad_images, download=cfg.download,
                                 progress=progress and dist.is_main)
@@ -131,6 +133,9 @@ def build(cfg: TrainConfig, ckpt: dict | None, dist: DistContext, data: ImageDat
     if ckpt is not None and ckpt.get("world_size", 1) != dist.world_size:
         raise UserError(f"this run was saved with {ckpt.get('world_size', 1)} process(es) and is resumed with "
                         f"{dist.world_size}; resume with the same world size so the data order is the same")
+    if cfg.sync_bn and dist.enabled and device.type != "cuda":
+        raise UserError("--sync-bn needs CUDA devices (PyTorch's SyncBatchNorm does not run on CPU); "
+                        "drop --sync-bn or train on GPUs")
     if data is None:
         data, prep_seconds = _load_data(cfg, dist, progress)
     else:
