@@ -13,8 +13,9 @@ mkdir -p "$OUT"
 rk() { "$PY" -m resnetkit "$@"; }
 
 if [ "$SMOKE" = 1 ]; then
-  DATA=synthetic:1024; DEV=cpu; STEPS=2; SEEDS=1; EP="--epochs 1 --max-steps 2"; B30="--epochs 1 --max-steps 2"
-  B120="$B30"; TUT=""; BS=64
+  DATA=synthetic:256; DEV=cpu; STEPS=1; SEEDS=1; BS=8
+  EP="--epochs 1 --max-steps 2 --batch-size $BS"; B30="--epochs 1 --max-steps 2"; B120="$B30"
+  TUT="--tutorial-batch-size $BS --warmup 1"
 else
   DATA=${DATA:-../shared/data/cifar10-jpeg.tar.gz}
   [ -f "$DATA" ] || DATA=shared/data/cifar10-jpeg.tar.gz

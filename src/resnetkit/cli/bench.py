@@ -22,6 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--warmup", type=int, default=3)
     t.add_argument("--device", default="auto")
     t.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    t.add_argument("--tutorial-batch-size", type=int, default=128, help="the tutorial's batch size")
     t.add_argument("--no-tutorial", action="store_true", help="skip the tutorial pipeline (slow on CPU)")
     t.add_argument("--json", default="bench/results/throughput.json", help="where to write the JSON")
     t.set_defaults(func=run_throughput)
@@ -64,7 +65,8 @@ def run_throughput(args: argparse.Namespace) -> int:
 
     data = prepare_data(args.data, progress=sys.stderr.isatty())
     rows = throughput(args.model, data, device=args.device, precision=args.precision, batch_size=args.batch_size,
-                      steps=args.steps, warmup=args.warmup, include_tutorial=not args.no_tutorial)
+                      steps=args.steps, warmup=args.warmup, include_tutorial=not args.no_tutorial,
+                      tutorial_batch_size=args.tutorial_batch_size)
     by = {r.name: r for r in rows}
     out = {"mode": "throughput", "model": args.model, "data": args.data, "machine": _machine(),
            "rows": [r.__dict__ for r in rows]}

@@ -12,6 +12,7 @@ import io
 import logging
 import os
 import pickle
+import re
 import tempfile
 import zipfile
 from pathlib import Path
@@ -53,15 +54,25 @@ def clean_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_save(obj: Any, path: str | Path) -> None:
     """``torch.save`` through a temp file + fsync + rename; the old file survives any failure."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:  # read-only or missing directory, no space for an inode
+        raise CheckpointError(f"could not write checkpoint {path}: {e.strerror or e}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes 0600; follow the umask like open()
         os.replace(tmp, path)
     except BaseException as e:
         try:
@@ -91,13 +102,15 @@ def safe_load(path: str | Path, map_location: str | torch.device = "cpu") -> Any
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "unpickling failed"
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
+        # torch words every weights_only failure alike: a code object shows as a refused GLOBAL,
+        # reduce or build; anything else (bad opcode, short file) is damage, not an attack
+        found = re.search(r"GLOBAL (\S+)|unrecognized function|Can only (?:create new object|build)", str(e))
+        if found:
             raise CheckpointError(
                 f"refusing to load {path}: it contains Python objects that could run code when "
-                f"loaded, and resnetkit only loads tensors and plain data ({first[:160]})"
+                f"loaded ({found.group(1) or 'not plain data'}), and resnetkit only loads tensors and plain data"
             ) from None
-        raise CheckpointError(f"{path} is not a readable checkpoint ({first[:160]})") from None
+        raise CheckpointError(f"{path} is truncated or not a PyTorch checkpoint (UnpicklingError)") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, IndexError, KeyError) as e:
         raise CheckpointError(f"{path} is truncated or not a PyTorch checkpoint ({type(e).__name__})") from None
 
