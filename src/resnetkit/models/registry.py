@@ -80,7 +80,7 @@ def create_model(name: str, num_classes: int | None = None, **overrides: Any) ->
     args = {**info.defaults, **kwargs}
     try:
         model = info.builder(**args)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise UserError(f"bad option for model {name!r}: {e}") from None
     model.spec = {"name": name, "kwargs": kwargs}
     model.default_input_size = info.input_size

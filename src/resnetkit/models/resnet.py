@@ -114,7 +114,8 @@ class ResNet(nn.Module):
         self.drop_rate = drop_rate
         self.dropout = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
         self.fc: nn.Module = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
-        self._init_weights(zero_init_residual)
+        # a plain net has no identity path: zeroing its branches would zero every feature
+        self._init_weights(zero_init_residual and not plain)
 
     def _make_layer(
         self, block_cls: type[nn.Module], planes: int, blocks: int, stride: int,
@@ -183,4 +184,6 @@ class ResNet(nn.Module):
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the classifier with a freshly initialised one for ``num_classes`` outputs."""
         self.num_classes = num_classes
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+        ref = next(self.parameters())
+        self.fc = (nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype)
+                   if num_classes else nn.Identity())

@@ -81,4 +81,6 @@ class ResNet9(nn.Module):
 
     def reset_classifier(self, num_classes: int) -> None:
         self.num_classes = num_classes
-        self.fc = nn.Linear(self.num_features, num_classes, bias=False) if num_classes else nn.Identity()
+        ref = next(self.parameters())
+        self.fc = (nn.Linear(self.num_features, num_classes, bias=False, device=ref.device, dtype=ref.dtype)
+                   if num_classes else nn.Identity())
