@@ -28,8 +28,9 @@ def train(model: str | None = None, data: str | None = None, recipe: str | None 
     With ``resume=RUN_DIR`` the run continues from its ``last.pt`` (only ``epochs``, ``device``
     and a few logging options may change).
     """
-    if resume is not None:
-        return fit(resume=resume, resume_overrides=options, progress=progress)
+    if resume is not None:  # settings come from the checkpoint; fit refuses any that cannot change
+        given = {"model": model, "data": data, "recipe": recipe, **options}
+        return fit(resume=resume, resume_overrides=given, progress=progress)
     cfg = resolve_config(recipe, model=model, data=data, **options)
     return fit(cfg, progress=progress)
 

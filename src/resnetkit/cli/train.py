@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import signal
 import subprocess
 import sys
 
@@ -64,6 +66,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--checkpoint-every", type=int, help="also save last.pt every N steps")
     r.add_argument("--eval-every", type=int, help="evaluate on the test split every N epochs (0: only at the end)")
     r.add_argument("--max-steps", type=int, help="stop after N optimizer steps (smoke runs)")
+    r.add_argument("--stop-after-steps", type=int, metavar="N",
+                   help="save last.pt and stop after N steps in all, keeping the full run's lr schedule "
+                        "(finish later with --resume)")
     r.add_argument("--log-steps", action="store_true", default=None, help="write every step's loss to steps.jsonl")
     r.add_argument("--sync-bn", action="store_true", default=None, help="SyncBatchNorm across processes")
     r.add_argument("--tensorboard", action="store_true", default=None, help="also log to RUN_DIR/tb")
@@ -90,7 +95,21 @@ def _launch_torchrun(nproc: int) -> int:
         rest.append(a)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "resnetkit", *rest]
-    return subprocess.call(cmd)
+    # torchrun in its own session gets each Ctrl-C / SIGTERM exactly once, from us, and forwards it:
+    # every rank stops after the same step, last.pt saved (subprocess.call would SIGKILL torchrun on
+    # Ctrl-C and leave the ranks running)
+    proc = subprocess.Popen(cmd, start_new_session=True)
+
+    def forward(signum: int, _frame: object) -> None:
+        proc.send_signal(signum)
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        rc = proc.wait()
+        return 128 - rc if rc < 0 else rc  # killed by a signal: the shell's convention
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -98,14 +117,22 @@ def run(args: argparse.Namespace) -> int:
 
     if args.nproc and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         return _launch_torchrun(args.nproc)
+    if int(os.environ.get("RANK", "0")) != 0 and not args.verbose:
+        logging.getLogger().setLevel(logging.WARNING)  # one copy of the progress log: rank 0's
     options = {k: v for k, v in vars(args).items() if k not in NOT_CONFIG}
     model_kwargs = {k: getattr(args, k) for k in MODEL_OPTIONS if getattr(args, k) is not None}
     if model_kwargs:
         options["model_kwargs"] = model_kwargs
     progress = sys.stderr.isatty()
     if args.resume:
-        result = train(resume=args.resume, progress=progress, **{k: options.get(k) for k in (
-            "epochs", "device", "max_steps", "log_steps", "checkpoint_every", "eval_every")})
+        from ..train.run import fit
+
+        # every flag given goes to fit (not api.train, whose model/data parameters would swallow
+        # them), so one that a resume cannot change is refused, not silently ignored
+        given = {k: v for k, v in options.items() if v is not None}
+        if args.recipe is not None:
+            given["recipe"] = args.recipe
+        result = fit(resume=args.resume, resume_overrides=given, progress=progress)
     else:
         result = train(recipe=args.recipe, progress=progress, **options)
     if int(os.environ.get("RANK", "0")) == 0:

@@ -85,7 +85,9 @@ def set_deterministic(enabled: bool, device: torch.device) -> None:
     """``torch.use_deterministic_algorithms`` and the cuDNN/cuBLAS flags that it needs."""
     if enabled:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(enabled)
+    # the setter imports torch._inductor (seconds): call it only when something changes
+    if enabled or torch.are_deterministic_algorithms_enabled():
+        torch.use_deterministic_algorithms(enabled)
     if device.type == "cuda":
         torch.backends.cudnn.deterministic = enabled
         torch.backends.cudnn.benchmark = not enabled

@@ -24,8 +24,8 @@ from ..errors import UserError
 from . import rundir
 from .checkpoint import atomic_save, peek, unwrap
 from .config import TrainConfig, validate
-from .distributed import DistContext, init_from_env, shutdown
-from .engine import StepState, evaluate, train_epoch
+from .distributed import DistContext, debug_dump, global_epoch_stats, init_from_env, shutdown
+from .engine import StepState, check_weights_finite, evaluate, train_epoch
 from .schedule import apply_lr, lr_factor
 from .setup import Setup, build
 
@@ -76,7 +76,8 @@ def _stop_on_signals() -> Iterator[dict]:
             signal.signal(s, h)
 
 
-RESUME_OVERRIDABLE = ("epochs", "device", "max_steps", "log_steps", "checkpoint_every", "eval_every")
+RESUME_OVERRIDABLE = ("epochs", "device", "max_steps", "stop_after_steps", "log_steps", "checkpoint_every",
+                      "eval_every")
 
 
 def fit(cfg: TrainConfig | None = None, *, resume: str | Path | None = None,
@@ -96,7 +97,8 @@ def fit(cfg: TrainConfig | None = None, *, resume: str | Path | None = None,
         bad = sorted(set(extra) - set(RESUME_OVERRIDABLE))
         if bad:
             raise UserError(f"--resume takes its settings from the checkpoint; cannot change {', '.join(bad)}")
-        cfg = TrainConfig.from_dict({**ckpt["config"], **extra})
+        # a stop point is where the earlier part ended, never inherited by the continuation
+        cfg = TrainConfig.from_dict({**ckpt["config"], "stop_after_steps": None, **extra})
         cfg.out = str(last.parent)
     elif cfg is None:
         raise UserError("nothing to train: give a configuration or a run directory to resume")
@@ -112,7 +114,11 @@ def fit(cfg: TrainConfig | None = None, *, resume: str | Path | None = None,
 def _fit(cfg: TrainConfig, ckpt: dict | None, dist_ctx: DistContext, progress: bool,
          data: ImageData | None, wall0: float) -> RunResult:
     out = rundir.prepare(cfg, resuming=ckpt is not None) if dist_ctx.is_main else None
+    cfg.out = dist_ctx.broadcast_object(cfg.out)  # rank 0 may have chosen the default directory
     s: Setup = build(cfg, ckpt, dist_ctx, data, progress)
+    if ckpt is not None and list(ckpt.get("classes", s.data.classes)) != list(s.data.classes):
+        raise UserError(f"cannot resume {cfg.out}: its data {cfg.data} now has classes {s.data.classes[:5]}, but the "
+                        f"checkpoint was trained on {list(ckpt['classes'])[:5]}; start a new run instead")
     writer = rundir.RunWriter(out, cfg, s, ckpt) if out is not None else None
     state = StepState()
     history: list[dict] = []
@@ -136,38 +142,66 @@ def _fit(cfg: TrainConfig, ckpt: dict | None, dist_ctx: DistContext, progress: b
         return apply_lr(s.optimizer, lr_factor(step, total_steps, warmup, cfg.schedule))
 
     def checkpoint_payload(epoch_done: bool) -> dict:
+        # every caller has checked the weights are finite (check_weights_finite) on every rank
         return s.payload(state, history, best, epoch_done)
 
+    stop_at = cfg.stop_after_steps  # like a signal at that step: the schedule stays the full run's
+    logged = {"steps": 0}  # this epoch's step losses already in steps.jsonl
+
     compile_seconds = 0.0
+    vote = dist_ctx.stop_vote()  # under DDP every rank stops after the same step
     with _stop_on_signals() as stop:
 
         bar = None
 
+        def paused_mid_epoch(st: StepState) -> bool:
+            """Stopped by ``stop_after_steps`` inside an epoch (not at the run's end)."""
+            return (stop_at is not None and stop_at <= st.global_step < total_steps
+                    and st.step_in_epoch < steps_per_epoch)
+
         def after_step(st: StepState, probe) -> bool:
             save = cfg.checkpoint_every and st.global_step % cfg.checkpoint_every == 0
-            halt = stop["signal"] is not None or st.global_step >= total_steps
+            stopping = vote(stop["signal"] is not None)
+            halt = stopping or st.global_step >= total_steps
+            halt = halt or (stop_at is not None and st.global_step >= stop_at)
             if bar is not None and st.step_in_epoch % 10 == 0:
                 bar.show(*probe.running())
-            if (save or stop["signal"]) and writer is not None:
+            if save or stopping or paused_mid_epoch(st):
+                # the pending losses, then the weights, on every rank (they hold the same weights),
+                # so under DDP all ranks stop together and no checkpoint holds NaN or inf
                 probe.check()
+                check_weights_finite(unwrap(s.model), st)
+            if (save or stopping or paused_mid_epoch(st)) and writer is not None:
+                # the steps first: a crash between the two leaves extra rows, which resume drops
+                losses = probe.step_losses
+                writer.log_steps(losses[logged["steps"]:], st.global_step - len(losses) + logged["steps"])
+                logged["steps"] = len(losses)
                 writer.save_last(checkpoint_payload(epoch_done=False))
-            if stop["signal"] is not None:
+            if stopping:
                 raise TrainingInterrupted(
-                    f"stopped by {stop['signal']} at epoch {st.epoch + 1}, step {st.global_step}; "
+                    f"stopped by {stop['signal'] or 'a signal to another process'} at epoch {st.epoch + 1}, "
+                    f"step {st.global_step}; "
                     f"saved {cfg.out}/last.pt, continue with --resume {cfg.out}")
             return halt
 
-        while state.epoch < total_epochs and state.global_step < total_steps:
+        while (state.epoch < total_epochs and state.global_step < total_steps
+               and (stop_at is None or state.global_step < stop_at)):
             s.train_loader.set_epoch(state.epoch)
             s.train_loader.skip_to(state.step_in_epoch)
+            logged["steps"] = 0
             bar = writer.progress_bar(state, steps_per_epoch, s.train_loader) if (writer and progress) else None
             stats = train_epoch(
                 s.model, bar if bar is not None else s.train_loader, s.optimizer, state,
                 device=s.device, precision=s.precision, label_smoothing=cfg.label_smoothing,
                 set_lr=set_lr, after_step=after_step, record_steps=cfg.log_steps,
+                reduce_loss=dist_ctx.all_reduce_mean if dist_ctx.enabled else None,
             )
             if bar is not None:
                 bar.close()
+            if paused_mid_epoch(state):
+                break  # last.pt holds this step; the epoch's row comes when a resume finishes the epoch
+            stats = global_epoch_stats(dist_ctx, stats, s.device)
+            check_weights_finite(unwrap(s.model), state)  # before this epoch's rows are written
             if cfg.compile and not history:
                 compile_seconds = s.compile_seconds(stats)
             epoch_done = state.step_in_epoch >= steps_per_epoch or state.global_step >= total_steps
@@ -185,7 +219,8 @@ def _fit(cfg: TrainConfig, ckpt: dict | None, dist_ctx: DistContext, progress: b
                 row.update(test_loss=t["loss"], test_acc=t["top1"], test_top5=t["top5"])
             history.append(row)
             if writer is not None:
-                writer.log_steps(stats.step_losses, state.global_step - len(stats.step_losses))
+                rest = stats.step_losses[logged["steps"]:]  # the ones no mid-epoch checkpoint wrote
+                writer.log_steps(rest, state.global_step - len(rest))
                 writer.end_epoch(row)
             if epoch_done:
                 state.epoch += 1
@@ -198,6 +233,7 @@ def _fit(cfg: TrainConfig, ckpt: dict | None, dist_ctx: DistContext, progress: b
             if not epoch_done:
                 break
 
+    vote.close()
     final = _eval(s, s.test_loader, cfg.tta)
     train_seconds = sum(r["seconds"] for r in history) - compile_seconds
     result = RunResult(
@@ -207,10 +243,12 @@ def _fit(cfg: TrainConfig, ckpt: dict | None, dist_ctx: DistContext, progress: b
     )
     if writer is not None:
         writer.finish(result, unwrap(s.model))
+    debug_dump(dist_ctx, s.model, s.optimizer)
     return result
 
 
 def _eval(s: Setup, loader, tta: bool) -> dict:
+    s.dist.sync_buffers(s.model)  # evaluate rank 0's BatchNorm statistics: the checkpoint's
     return evaluate(s.model, loader, s.data.num_classes, device=s.device, precision=s.precision,
                     tta=tta, reduce=s.dist.all_reduce_sum if s.dist.enabled else None)
 

@@ -50,6 +50,10 @@ def prepare(cfg: TrainConfig, resuming: bool) -> Path:
         probe.close()
     except OSError as e:
         raise UserError(f"cannot write to the output directory {out}: {e.strerror or e}") from None
+    if resuming or cfg.overwrite:  # temp files of a writer that was killed mid-write
+        for stale in out.glob(".*.tmp"):
+            log.info("removing %s, left by an interrupted write", stale)
+            stale.unlink(missing_ok=True)
     return out
 
 
@@ -96,20 +100,36 @@ class RunWriter:
 
     @staticmethod
     def _read_lines(path: Path) -> list[dict]:
+        """The JSON rows of ``path``; a line torn by a killed process is dropped (resume rewrites it)."""
         if not path.exists():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        rows = []
+        for line in path.read_text().splitlines():
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                log.warning("ignoring a torn line in %s", path)
+        return rows
 
     @staticmethod
     def _rewrite_lines(path: Path, rows: list[dict]) -> None:
         tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        os.replace(tmp, path)
+        try:
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            os.replace(tmp, path)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise UserError(f"could not write {path}: {e.strerror or e}") from None
 
     def _append(self, name: str, rows: list[dict]) -> None:
         if rows:
-            with open(self.out / name, "a") as f:
-                f.write("".join(json.dumps(r) + "\n" for r in rows))
+            try:
+                with open(self.out / name, "a") as f:
+                    f.write("".join(json.dumps(r) + "\n" for r in rows))
+            except OSError as e:
+                raise UserError(f"could not write {self.out / name}: {e.strerror or e}") from None
 
     def progress_bar(self, state, steps_per_epoch: int, loader):
         return _EpochBar(state, steps_per_epoch, self.cfg.epochs, loader)

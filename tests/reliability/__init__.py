@@ -1,0 +1,1 @@
+"""Reliability and security: fault injection, exact resume, safe loading, bad inputs."""
