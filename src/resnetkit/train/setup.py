@@ -88,9 +88,14 @@ class Setup:
 
 
 def versions() -> dict[str, str]:
-    import torchvision
+    """Library versions for config.json and checkpoints (metadata only: importing torchvision costs seconds)."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    return {"resnetkit": __version__, "torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
+    try:
+        tv = version("torchvision")
+    except PackageNotFoundError:
+        tv = "unknown"
+    return {"resnetkit": __version__, "torch": str(torch.__version__), "torchvision": tv,
             "python": platform.python_version()}
 
 

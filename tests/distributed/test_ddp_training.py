@@ -1,0 +1,101 @@
+"""2-rank DDP training on CPU (gloo): ranks agree, results equal a single process where they must."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from ddp_helpers import (
+    EPOCHS, GN_MODEL, STEPS_PER_EPOCH, TRAIN_ARGS, Reference, assert_same_state, check, gn_model_info, load_dumps,
+    rank_env, run, torchrun,
+)
+
+import resnetkit
+from resnetkit.errors import UserError
+from resnetkit.models import registry
+from resnetkit.train.checkpoint import peek
+from resnetkit.train.config import resolve_config
+from resnetkit.train.distributed import DistContext
+from resnetkit.train.setup import build
+
+pytestmark = pytest.mark.slow
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_ranks_end_with_bitwise_identical_weights(ddp_reference: Reference) -> None:
+    rank0, rank1 = load_dumps(ddp_reference.dump)
+    assert_same_state(rank0, rank1)  # parameters, BatchNorm buffers and momentum
+    assert rank0["optimizer"]["state"]  # momentum exists, so the comparison above compared it
+    last = peek(ddp_reference.out / "last.pt")
+    assert last["world_size"] == 2 and last["global_step"] == EPOCHS * STEPS_PER_EPOCH
+    assert_same_state({"model": last["model"]}, rank0)
+
+
+def test_ddp_checkpoint_loads_in_a_single_process(ddp_reference: Reference) -> None:
+    raw = peek(ddp_reference.out / "best.pt")["model"]
+    assert not [k for k in raw if k.startswith(("module.", "_orig_mod."))]
+    model = resnetkit.load_checkpoint(ddp_reference.out / "best.pt")
+    rank0 = load_dumps(ddp_reference.dump)[0]
+    assert_same_state({"model": model.state_dict()}, rank0)
+    assert model.classes[:2] == ["disk", "square"] and model.image_size == 32
+
+
+def test_metrics_count_every_rank(ddp_reference: Reference) -> None:
+    """metrics.jsonl reports the whole global batch: 8 steps x 32 images per epoch, not rank 0's 128."""
+    rows = _lines(ddp_reference.out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [8, 16, 24]
+    for r in rows:
+        assert r["images_per_s"] * r["seconds"] == pytest.approx(STEPS_PER_EPOCH * 32, rel=1e-6)
+    steps = _lines(ddp_reference.out / "steps.jsonl")
+    assert [s["step"] for s in steps] == list(range(EPOCHS * STEPS_PER_EPOCH))
+    epoch1 = sum(s["loss"] for s in steps[:STEPS_PER_EPOCH]) / STEPS_PER_EPOCH
+    assert rows[0]["train_loss"] == pytest.approx(epoch1, abs=1e-6)  # global epoch mean = mean of global steps
+
+
+def test_distributed_eval_of_an_odd_test_split_equals_a_single_process(ddp_reference: Reference) -> None:
+    """53 test images: 27 on rank 0, 26 on rank 1, each counted once, with rank 0's BN statistics."""
+    ddp = json.loads((ddp_reference.out / "result.json").read_text())["test"]
+    one = resnetkit.evaluate(ddp_reference.out / "last.pt", device="cpu")
+    assert ddp["count"] == one["count"] == 53
+    assert ddp["top1"] == one["top1"]
+    assert ddp["top5"] == one["top5"]
+    assert ddp["per_class"] == one["per_class"]
+    assert ddp["loss"] == pytest.approx(one["loss"], abs=1e-5)
+
+
+def test_two_ranks_log_the_losses_of_one_process_on_the_same_global_batch(tmp_path: Path) -> None:
+    """GroupNorm model (no batch statistics): DDP's mean of 2 x 16-image gradients is the 32-image one."""
+    args = ["--model", GN_MODEL, *TRAIN_ARGS[2:], "--epochs", "1"]
+    check(run(torchrun(["train", *args, "--out", str(tmp_path / "ddp")], entry=True), rank_env(tmp_path), tmp_path))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(registry._REGISTRY, GN_MODEL, gn_model_info())
+        resnetkit.train(GN_MODEL, "synthetic:261", model_kwargs={"width_mult": 0.25}, batch_size=32,
+                        precision="fp32", log_steps=True, epochs=1, out=str(tmp_path / "one"))
+    ddp, one = _lines(tmp_path / "ddp" / "steps.jsonl"), _lines(tmp_path / "one" / "steps.jsonl")
+    assert [s["step"] for s in ddp] == [s["step"] for s in one] == list(range(STEPS_PER_EPOCH))
+    for a, b in zip(ddp, one):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5), a["step"]
+    assert len({round(s["loss"], 4) for s in one}) > 1  # the losses move, so agreeing means something
+    m_ddp, m_one = _lines(tmp_path / "ddp" / "metrics.jsonl")[0], _lines(tmp_path / "one" / "metrics.jsonl")[0]
+    assert m_ddp["train_loss"] == pytest.approx(m_one["train_loss"], abs=1e-5)
+    assert m_ddp["train_acc"] == m_one["train_acc"]
+
+
+def test_resume_with_another_world_size_is_refused(ddp_reference: Reference, tmp_path: Path) -> None:
+    shutil.copy(ddp_reference.out / "last.pt", tmp_path / "last.pt")
+    with pytest.raises(UserError, match=r"saved with 2 process\(es\) and is resumed with 1"):
+        resnetkit.train(resume=tmp_path / "last.pt", epochs=EPOCHS + 1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # nothing written
+
+
+def test_sync_bn_without_cuda_is_a_user_error() -> None:
+    cfg = resolve_config(model="resnet20", data="synthetic:64", batch_size=32, sync_bn=True, device="cpu")
+    with pytest.raises(UserError, match="--sync-bn needs CUDA"):
+        build(cfg, None, DistContext(rank=0, local_rank=0, world_size=2), None)
+    assert torch.distributed.is_initialized() is False  # refused before any collective
