@@ -1,0 +1,97 @@
+"""``resnetkit study``: why residuals work, measured (degradation curves and gradient flow)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "study", help="plain-vs-residual degradation study and gradient flow",
+        description="Experiments behind residual learning (He et al. 2015): 'degradation' trains plain and "
+                    "residual nets of several depths with one recipe and budget; 'gradients' records "
+                    "per-layer gradient norms and block output scale at initialisation and during training.",
+    )
+    studies = p.add_subparsers(dest="study", metavar="STUDY")
+    studies.required = True
+
+    d = studies.add_parser(
+        "degradation", help="train plain and residual nets of several depths, compare error curves",
+        description="Trains plain-D and ResNet-D for each depth D (6n+2) with the same recipe (SGD momentum "
+                    "0.9, lr 0.1 after a one-epoch warmup, weight decay 1e-4, batch 128, crop + flip), data, "
+                    "seed and number of iterations; writes degradation.png, degradation.json and a verdict.",
+    )
+    d.add_argument("--depths", type=int, nargs="+", default=[20, 56], help="depths 6n+2 (default: 20 56)")
+    _common(d, "runs/study-degradation")
+    d.add_argument("--epochs", type=int, help="epochs per network (default 10; with a budget, at most this)")
+    d.add_argument("--budget-minutes", type=float,
+                   help="time for the whole study: rounds of one more epoch for every network while they fit")
+    d.add_argument("--subset", type=int, help="train on this many training images (random, fixed by the seed)")
+    d.add_argument("--test-subset", type=int, help="measure test error on this many test images")
+    d.set_defaults(func=run_degradation)
+
+    g = studies.add_parser(
+        "gradients", help="per-layer gradient norms and activation scale during the first steps",
+        description="Records the gradient norm of every conv/linear weight and the RMS of every block's output "
+                    "at initialisation and every --record-every steps of --steps training steps; writes "
+                    "gradients.png and gradients.json. --compare puts the plain and residual forms side by side.",
+    )
+    g.add_argument("model", help="a model name, for example resnet56 or plain56")
+    _common(g, "runs/study-gradients")
+    g.add_argument("--steps", type=int, default=50, help="training steps (default 50)")
+    g.add_argument("--record-every", type=int, default=10, help="record every N steps (default 10)")
+    g.add_argument("--compare", action="store_true", help="record the plain and the residual form of MODEL")
+    g.set_defaults(func=run_gradients)
+
+
+def _common(p: argparse.ArgumentParser, default_out: str) -> None:
+    p.add_argument("--data", default="synthetic", help="data source (default: synthetic)")
+    p.add_argument("--out", default=default_out, help=f"output directory (default: {default_out})")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--image-size", type=int, help="resize images to S x S (default: the data's own size)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    p.add_argument("--overwrite", action="store_true", help="replace a study already in --out")
+
+
+def run_degradation(args: argparse.Namespace) -> int:
+    from ..study.degradation import run_degradation as study
+
+    r = study(args.depths, args.data, out=args.out, epochs=args.epochs, budget_minutes=args.budget_minutes,
+              subset=args.subset, test_subset=args.test_subset, seed=args.seed, batch_size=args.batch_size,
+              image_size=args.image_size, device=args.device,
+              precision=args.precision, overwrite=args.overwrite, progress=sys.stderr.isatty())
+    rec = r["recipe"]
+    print(f"{r['train_images']} training / {r['test_images']} test images of {r['data_name']}, "
+          f"{rec['epochs']:g} epochs = {rec['iterations']} iterations per network, {r['precision']}")
+    print(f"{'network':<12} {'params':>9} {'train err':>9} {'test err':>9} {'seconds':>8}")
+    for n in r["networks"]:
+        print(f"{n['name']:<12} {n['params']:>9,} {n['final_train_error']:>9.2%} {n['final_test_error']:>9.2%} "
+              f"{n['seconds']:>8.0f}")
+    for line in r["verdict"]["lines"]:
+        print(line)
+    print(f"study took {r['budget']['seconds']:.0f} s; wrote {Path(args.out) / 'degradation.json'} and "
+          f"{Path(args.out) / 'degradation.png'}")
+    return 0
+
+
+def run_gradients(args: argparse.Namespace) -> int:
+    from ..study.gradients import run_gradients as study
+
+    r = study(args.model, args.data, out=args.out, steps=args.steps, record_every=args.record_every,
+              compare=args.compare, seed=args.seed, batch_size=args.batch_size, image_size=args.image_size,
+              device=args.device, precision=args.precision, overwrite=args.overwrite,
+              progress=sys.stderr.isatty())
+    for n in r["networks"]:
+        for when in ("init", "end"):
+            s = n[when]
+            step = n["records"][0 if when == "init" else -1]["step"]
+            print(f"{n['name']} step {step}: first/last conv gradient norm {s['first_conv_grad']:.3g}/"
+                  f"{s['last_conv_grad']:.3g} (ratio {s['first_over_last']:.3g}, x{s['per_layer_factor']:.3f} "
+                  f"per layer towards the output); block output RMS {s['first_block_rms']:.3g} -> "
+                  f"{s['last_block_rms']:.3g}")
+    print(f"wrote {Path(args.out) / 'gradients.json'} and {Path(args.out) / 'gradients.png'}")
+    return 0

@@ -1,0 +1,293 @@
+"""The degradation study: plain vs residual networks of several depths (He et al. 2015, Figure 6).
+
+Every network is trained by resnetkit's own training path (:func:`resnetkit.train.run.fit`) with
+one fixed recipe, the same data, the same seed and the same number of iterations (the paper's
+curves compare networks at equal iterations; an equal *time* split would hand the shallow nets
+~3x more steps and bias the comparison). Training error is ``1 - accuracy`` on the augmented
+training batches of each epoch, in train mode: a window of iterations, as in the paper's
+figure; test error is measured after every epoch. On a subset of a dataset the epochs are
+short, so there are many curve points.
+
+With a time budget the networks train in rounds: each round extends every run by one epoch
+(``fit(resume=...)``, which continues bit for bit), and a new round starts only if the last
+round's duration still fits. So the budget holds even when the machine's speed changes, and
+every network always has the same number of epochs. The learning rate is therefore constant
+after the warmup, like the first 32k iterations of the paper's schedule (a decay would need
+the run's length in advance).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from ..data.dataset import ImageData
+from ..errors import UserError
+from ..models import create_model, list_models
+from ..train.config import TrainConfig, resolve_config
+
+log = logging.getLogger(__name__)
+
+#: He et al. 2015, section 4.2: SGD with momentum 0.9, lr 0.1, weight decay 1e-4 on every weight,
+#: batch 128, 4-pixel zero-padded random crop + horizontal flip, no label smoothing, constant lr
+#: (the paper divides it by 10 at 32k and 48k iterations, beyond a short study). Added: a linear
+#: warmup over the first epoch, at most :data:`WARMUP_ITERS` iterations (the paper warms ResNet-110
+#: up at lr 0.01; deep plain nets have exploding gradients at initialisation, see ``gradients``).
+STUDY_RECIPE: dict[str, Any] = dict(
+    batch_size=128, lr=0.1, momentum=0.9, nesterov=False, weight_decay=1e-4, no_decay_1d=False,
+    label_smoothing=0.0, schedule="constant", crop_pad=4, crop_fill="zero", flip="random", cutout=0,
+)
+WARMUP_ITERS = 200
+ROUND_MARGIN = 1.05  # a new round must fit even if it runs 5 % slower than the last one
+
+
+def check_depths(depths: Sequence[int]) -> list[int]:
+    """Sorted distinct depths, each of the paper's form 6n+2 (8, 14, 20, 32, 44, 56, 110, ...)."""
+    if not depths:
+        raise UserError("give at least one depth, for example --depths 20 56")
+    bad = [d for d in depths if d < 8 or (d - 2) % 6]
+    if bad:
+        raise UserError(f"depth {bad[0]} is not of the form 6n+2 with n >= 1 (8, 14, 20, 32, 44, 56, 110, ...)")
+    return sorted(set(int(d) for d in depths))
+
+
+def network_label(depth: int, plain: bool) -> str:
+    """``plain-20`` or ``ResNet-20``, as the paper names them."""
+    return f"plain-{depth}" if plain else f"ResNet-{depth}"
+
+
+def model_spec(depth: int, plain: bool) -> tuple[str, dict[str, Any]]:
+    """Registry name and overrides of the paper's CIFAR network of ``depth`` (option-A shortcuts).
+
+    Registered depths use their own names (``plain56``, ``resnet56``); any other 6n+2 depth is
+    ``resnet20`` with ``layers=(n, n, n)``, plus ``plain=True`` for the plain twin.
+    """
+    name = f"{'plain' if plain else 'resnet'}{depth}"
+    if name in list_models():
+        return name, {}
+    n = (depth - 2) // 6
+    return "resnet20", {"layers": [n, n, n], "plain": plain}
+
+
+def take_subset(data: ImageData, n_train: int | None, n_test: int | None, seed: int) -> ImageData:
+    """A random subset (fixed by ``seed``) of the training and/or test split; ``None`` keeps all."""
+
+    def pick(total: int, n: int | None, what: str, salt: int) -> torch.Tensor | None:
+        if n is None or n == total:
+            return None
+        if not 0 < n < total:
+            raise UserError(f"the {what} subset must be between 1 and the {total} {what} images, got {n}")
+        gen = torch.Generator().manual_seed(seed * 1000 + salt)
+        return torch.randperm(total, generator=gen)[:n].sort().values
+
+    tr = pick(len(data.train_labels), n_train, "training", 1)
+    te = pick(len(data.test_labels), n_test, "test", 2)
+    if tr is None and te is None:
+        return data
+    changes: dict[str, Any] = {"fingerprint": f"{data.fingerprint}|subset:{n_train}:{n_test}:{seed}"}
+    if tr is not None:
+        changes.update(train_images=data.train_images[tr], train_labels=data.train_labels[tr])
+    if te is not None:
+        changes.update(test_images=data.test_images[te], test_labels=data.test_labels[te])
+    return dataclasses.replace(data, **changes)
+
+
+def study_config(depth: int, plain: bool, source: str, *, epochs: float, steps_per_epoch: int,
+                 out: str | Path | None, seed: int = 0, batch_size: int = 128, device: str = "auto",
+                 precision: str = "auto") -> TrainConfig:
+    """The training configuration of one network of the study (:data:`STUDY_RECIPE`)."""
+    name, kwargs = model_spec(depth, plain)
+    warmup = min(WARMUP_ITERS, steps_per_epoch)
+    recipe = {**STUDY_RECIPE, "batch_size": batch_size}
+    return resolve_config("default", model=name, data=source, model_kwargs=kwargs, epochs=epochs,
+                          warmup_epochs=warmup / steps_per_epoch, seed=seed, eval_every=1,
+                          out=None if out is None else str(out), overwrite=True, device=device,
+                          precision=precision, **recipe)
+
+
+def next_round_fits(elapsed: float, last_round: float, budget: float) -> bool:
+    """Whether one more round (each run one epoch longer) fits in the budget, all in seconds."""
+    return elapsed + ROUND_MARGIN * last_round <= budget
+
+
+def curves_from_history(history: list[dict]) -> dict[str, list]:
+    """``iteration`` (end of each epoch's window), ``train_error`` and ``test_error`` (``None`` if not measured)."""
+    return {
+        "iteration": [int(r["step"]) for r in history],
+        "train_error": [1.0 - float(r["train_acc"]) for r in history],
+        "test_error": [1.0 - float(r["test_acc"]) if r.get("test_acc") is not None else None for r in history],
+    }
+
+
+def degradation_verdict(networks: list[dict]) -> dict[str, Any]:
+    """Compare final training errors: the deepest plain net vs the shallowest, likewise for ResNets.
+
+    ``networks`` items need ``depth``, ``plain`` and ``final_train_error``. Returns booleans
+    (``None`` with fewer than two depths) and one sentence per comparison, all from the numbers.
+    """
+    def pct(x: float) -> str:
+        return f"{100 * x:.1f}%"
+
+    out: dict[str, Any] = {"degradation_reproduced": None, "residual_deeper_no_worse": None, "lines": []}
+    lines: list[str] = out["lines"]
+    for plain in (True, False):
+        fam = sorted((n for n in networks if bool(n["plain"]) == plain), key=lambda n: n["depth"])
+        if len(fam) < 2:
+            continue
+        lo, hi = fam[0], fam[-1]
+        a, b = network_label(hi["depth"], plain), network_label(lo["depth"], plain)
+        e_hi, e_lo = float(hi["final_train_error"]), float(lo["final_train_error"])
+        if plain:
+            ok = e_hi > e_lo
+            out["degradation_reproduced"] = ok
+            lines.append(f"{a} ends with {'higher' if ok else 'no higher'} training error than {b} "
+                         f"({pct(e_hi)} vs {pct(e_lo)}): degradation {'reproduced' if ok else 'not reproduced'}.")
+        else:
+            ok = e_hi <= e_lo
+            out["residual_deeper_no_worse"] = ok
+            tail = ("the deeper residual net trains at least as well" if ok
+                    else "the deeper residual net did not catch up in this budget")
+            lines.append(f"{a} ends {'at or below' if ok else 'above'} {b} in training error "
+                         f"({pct(e_hi)} vs {pct(e_lo)}): {tail}.")
+    for d in sorted({n["depth"] for n in networks}):
+        pair = {bool(n["plain"]): n for n in networks if n["depth"] == d}
+        if len(pair) == 2:
+            lines.append(f"At depth {d}, ResNet vs plain final training error: "
+                         f"{pct(pair[False]['final_train_error'])} vs {pct(pair[True]['final_train_error'])}; "
+                         f"test error {pct(pair[False]['final_test_error'])} vs {pct(pair[True]['final_test_error'])}.")
+    if len({n["depth"] for n in networks}) < 2:
+        lines.insert(0, "Only one depth was trained, so there is no depth comparison.")
+    out["text"] = " ".join(lines)
+    return out
+
+
+def plot_degradation(report: dict, path: str | Path) -> None:
+    """Figure 6 of the paper: plain nets left, ResNets right; dashed training error, solid test error."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 4.2), dpi=100)
+    axes = fig.subplots(1, 2, sharey=True)
+    depths = sorted({n["depth"] for n in report["networks"]})
+    colours = {d: f"C{i % 10}" for i, d in enumerate(depths)}
+    for ax, plain in zip(axes, (True, False)):
+        for n in sorted((n for n in report["networks"] if n["plain"] == plain), key=lambda n: n["depth"]):
+            c = n["curves"]
+            label = network_label(n["depth"], plain)
+            ax.plot(c["iteration"], [100 * e for e in c["train_error"]], "--", color=colours[n["depth"]],
+                    lw=1.2, label=f"{label} train")
+            pts = [(i, 100 * e) for i, e in zip(c["iteration"], c["test_error"]) if e is not None]
+            if pts:
+                ax.plot(*zip(*pts), "-", color=colours[n["depth"]], lw=2.2, label=f"{label} test")
+        ax.set_title("plain networks" if plain else "ResNets")
+        ax.set_xlabel("iterations")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("error (%)")
+    fig.suptitle(f"{report['data_name']}, {report['train_images']} training / {report['test_images']} test images, "
+                 f"batch {report['recipe']['batch_size']}: dashed = training error, solid = test error", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def run_degradation(depths: Sequence[int], data: str = "synthetic", *, out: str | Path,
+                    epochs: int | None = None, budget_minutes: float | None = None,
+                    subset: int | None = None, test_subset: int | None = None, seed: int = 0,
+                    batch_size: int = 128, image_size: int | None = None, device: str = "auto",
+                    precision: str = "auto", overwrite: bool = False, progress: bool = False) -> dict[str, Any]:
+    """Train plain and residual nets at each depth; write ``degradation.json`` and ``degradation.png``.
+
+    Without ``budget_minutes`` every network trains ``epochs`` epochs (default 10). With it the
+    networks train in rounds of one epoch each until the next round would overrun the budget
+    (or ``epochs`` is reached); the whole study, data preparation included, counts.
+    Returns the report that ``degradation.json`` holds.
+    """
+    from ..data.prepare import prepare_data
+    from ..train.device import resolve_device, resolve_precision
+    from ..train.rundir import write_json
+    from ..train.run import fit
+
+    t0 = time.perf_counter()
+    depths = check_depths(depths)
+    if budget_minutes is not None and budget_minutes <= 0:
+        raise UserError(f"--budget-minutes must be positive, got {budget_minutes}")
+    if epochs is not None and (epochs < 1 or epochs != int(epochs)):
+        raise UserError(f"--epochs must be a whole number of at least 1, got {epochs}")
+    out = Path(out)
+    if (out / "degradation.json").exists() and not overwrite:
+        raise UserError(f"{out} already holds a degradation study; pass --overwrite or choose another --out")
+    ds = take_subset(prepare_data(data, image_size=image_size, progress=progress), subset, test_subset, seed)
+    steps_per_epoch = len(ds.train_labels) // batch_size
+    if steps_per_epoch < 1:
+        raise UserError(f"batch size {batch_size} is larger than the {len(ds.train_labels)} training images")
+    runs = [(d, plain) for d in depths for plain in (True, False)]
+    run_dir = {r: out / "runs" / network_label(*r).lower() for r in runs}
+    results: dict[tuple[int, bool], Any] = {}
+    seconds = {r: 0.0 for r in runs}
+
+    def train_to(n_epochs: int, first: bool) -> None:
+        for r in runs:
+            log.info("training %s to epoch %d", network_label(*r), n_epochs)
+            if first:
+                cfg = study_config(*r, data, epochs=n_epochs, steps_per_epoch=steps_per_epoch, out=run_dir[r],
+                                   seed=seed, batch_size=batch_size, device=device, precision=precision)
+                results[r] = fit(cfg, data=ds)
+            else:
+                results[r] = fit(resume=run_dir[r], resume_overrides={"epochs": n_epochs}, data=ds)
+            seconds[r] += results[r].wall_seconds
+
+    budget_s = None if budget_minutes is None else budget_minutes * 60
+    if budget_s is None:
+        n_epochs = 10 if epochs is None else int(epochs)
+        train_to(n_epochs, first=True)
+    else:
+        n_epochs, cap = 0, (int(epochs) if epochs is not None else None)
+        last_round = 0.0
+        while cap is None or n_epochs < cap:
+            if n_epochs and not next_round_fits(time.perf_counter() - t0, last_round, budget_s):
+                break
+            start = time.perf_counter()
+            n_epochs += 1
+            train_to(n_epochs, first=n_epochs == 1)
+            last_round = time.perf_counter() - start
+            log.info("round %d took %.0f s (%.0f s of %.0f s used)", n_epochs, last_round,
+                     time.perf_counter() - t0, budget_s)
+
+    networks: list[dict[str, Any]] = []
+    for r in runs:
+        res, (depth, plain) = results[r], r
+        cfg = TrainConfig.from_dict(res.config)
+        params = sum(p.numel() for p in create_model(cfg.model, num_classes=ds.num_classes,
+                                                     **cfg.model_kwargs).parameters())
+        networks.append({
+            "name": network_label(*r), "model": cfg.model, "model_kwargs": cfg.model_kwargs, "depth": depth,
+            "plain": plain, "params": params, "curves": curves_from_history(res.history),
+            "final_train_error": 1.0 - float(res.history[-1]["train_acc"]),
+            "final_test_error": 1.0 - res.test_top1, "seconds": round(seconds[r], 2), "run_dir": str(run_dir[r]),
+        })
+    elapsed = round(time.perf_counter() - t0, 1)
+    if budget_s is not None and elapsed > budget_s:
+        log.warning("the study took %.0f s, over its budget of %.0f s", elapsed, budget_s)
+    dev = resolve_device(device)
+    report: dict[str, Any] = {
+        "study": "degradation", "data": str(data), "data_name": ds.name,
+        "train_images": len(ds.train_labels), "test_images": len(ds.test_labels),
+        "subset": subset, "test_subset": test_subset, "seed": seed,
+        "device": str(dev), "precision": resolve_precision(precision, dev),
+        "recipe": {**STUDY_RECIPE, "batch_size": batch_size, "epochs": n_epochs,
+                   "iterations": n_epochs * steps_per_epoch, "iterations_per_epoch": steps_per_epoch,
+                   "warmup_iterations": min(WARMUP_ITERS, steps_per_epoch)},
+        "budget": {"minutes": budget_minutes, "seconds": elapsed},
+        "train_error_definition": "1 - accuracy on the augmented training batches of each epoch (train mode), "
+                                  "plotted at the epoch's last iteration",
+        "networks": networks,
+        "verdict": degradation_verdict(networks),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "degradation.json", report)
+    plot_degradation(report, out / "degradation.png")
+    return report
