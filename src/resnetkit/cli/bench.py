@@ -22,6 +22,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--warmup", type=int, default=3)
     t.add_argument("--device", default="auto")
     t.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    t.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="memory layout for resnetkit and the ceiling (default: channels_last with bf16)")
     t.add_argument("--tutorial-batch-size", type=int, default=128, help="the tutorial's batch size")
     t.add_argument("--no-tutorial", action="store_true", help="skip the tutorial pipeline (slow on CPU)")
     t.add_argument("--json", default="bench/results/throughput.json", help="where to write the JSON")
@@ -65,6 +67,7 @@ def run_throughput(args: argparse.Namespace) -> int:
 
     data = prepare_data(args.data, progress=sys.stderr.isatty())
     rows = throughput(args.model, data, device=args.device, precision=args.precision, batch_size=args.batch_size,
+                      channels_last=args.channels_last,
                       steps=args.steps, warmup=args.warmup, include_tutorial=not args.no_tutorial,
                       tutorial_batch_size=args.tutorial_batch_size)
     by = {r.name: r for r in rows}

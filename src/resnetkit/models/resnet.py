@@ -14,6 +14,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from .base import ClassifierAPI
 from .blocks import (
     BasicBlock,
     Bottleneck,
@@ -31,7 +32,7 @@ BLOCKS: dict[str, type[nn.Module]] = {
 }
 
 
-class ResNet(nn.Module):
+class ResNet(ClassifierAPI):
     """A residual network (or its plain twin) built from one block type.
 
     Args:
@@ -113,7 +114,7 @@ class ResNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.drop_rate = drop_rate
         self.dropout = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
-        self.fc: nn.Module = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+        self.fc: nn.Module = self._new_classifier(num_classes)
         # a plain net has no identity path: zeroing its branches would zero every feature
         self._init_weights(zero_init_residual and not plain)
 
@@ -154,13 +155,7 @@ class ResNet(nn.Module):
                     for last in m.residual_norms():
                         nn.init.zeros_(last.weight)
 
-    # -- model API --------------------------------------------------------------------------
-    def _check_input(self, x: torch.Tensor) -> None:
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"expected input of shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}"
-            )
-
+    # -- model API (forward, get_classifier, reset_classifier: ClassifierAPI) ---------------
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Stem and residual stages: the last feature map, ``(N, num_features, h, w)``."""
         self._check_input(x)
@@ -174,16 +169,3 @@ class ResNet(nn.Module):
         x = torch.flatten(self.avgpool(x), 1)
         x = self.dropout(x)
         return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the classifier with a freshly initialised one for ``num_classes`` outputs."""
-        self.num_classes = num_classes
-        ref = next(self.parameters())
-        self.fc = (nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype)
-                   if num_classes else nn.Identity())

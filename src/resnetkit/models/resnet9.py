@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .base import ClassifierAPI
 from .blocks import NormLayer, conv3x3
 
 
@@ -34,8 +35,10 @@ class ResidualPair(nn.Module):
         return out if self.plain else x + out
 
 
-class ResNet9(nn.Module):
+class ResNet9(ClassifierAPI):
     """ResNet-9 for small images. ``widths`` = (prep, layer1, layer2, layer3)."""
+
+    fc_bias = False
 
     def __init__(self, num_classes: int = 10, in_channels: int = 3, widths: tuple[int, ...] = (64, 128, 256, 512),
                  width_mult: float = 1.0, logit_scale: float = 0.125, plain: bool = False,
@@ -55,7 +58,7 @@ class ResNet9(nn.Module):
         self.pool = nn.AdaptiveMaxPool2d(1)
         self.dropout = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
         self.logit_scale = logit_scale
-        self.fc: nn.Module = nn.Linear(w[3], num_classes, bias=False) if num_classes else nn.Identity()
+        self.fc: nn.Module = self._new_classifier(num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -65,22 +68,9 @@ class ResNet9(nn.Module):
                     nn.init.zeros_(m.branch[1][1].weight)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"expected input of shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        self._check_input(x)
         return self.layer3(self.layer2(self.layer1(self.prep(x))))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.dropout(torch.flatten(self.pool(x), 1))
         return x if pre_logits else self.fc(x) * self.logit_scale
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        ref = next(self.parameters())
-        self.fc = (nn.Linear(self.num_features, num_classes, bias=False, device=ref.device, dtype=ref.dtype)
-                   if num_classes else nn.Identity())

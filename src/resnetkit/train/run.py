@@ -149,6 +149,7 @@ def _fit(cfg: TrainConfig, ckpt: dict | None, dist_ctx: DistContext, progress: b
     logged = {"steps": 0}  # this epoch's step losses already in steps.jsonl
 
     compile_seconds = 0.0
+    tested: tuple[int, dict] | None = None
     vote = dist_ctx.stop_vote()  # under DDP every rank stops after the same step
     with _stop_on_signals() as stop:
 
@@ -216,6 +217,7 @@ def _fit(cfg: TrainConfig, ckpt: dict | None, dist_ctx: DistContext, progress: b
                     best.update(value=v["top1"], epoch=state.epoch + 1)
             if last_epoch or (cfg.eval_every and (state.epoch + 1) % cfg.eval_every == 0):
                 t = _eval(s, s.test_loader, cfg.tta)
+                tested = (state.global_step, t)
                 row.update(test_loss=t["loss"], test_acc=t["top1"], test_top5=t["top5"])
             history.append(row)
             if writer is not None:
@@ -234,7 +236,8 @@ def _fit(cfg: TrainConfig, ckpt: dict | None, dist_ctx: DistContext, progress: b
                 break
 
     vote.close()
-    final = _eval(s, s.test_loader, cfg.tta)
+    # the last epoch's test pass already saw these weights unless training went on after it
+    final = tested[1] if tested is not None and tested[0] == state.global_step else _eval(s, s.test_loader, cfg.tta)
     train_seconds = sum(r["seconds"] for r in history) - compile_seconds
     result = RunResult(
         out_dir=Path(cfg.out) if cfg.out else None, history=history, test=final,
