@@ -61,9 +61,13 @@ def resolve_precision(precision: str | None, device: torch.device) -> str:
 
 
 def resolve_channels_last(channels_last: bool | None, device: torch.device, precision: str) -> bool:
-    """channels_last pays with bf16 (oneDNN / cuDNN NHWC kernels); default on exactly then."""
+    """channels_last by default with bf16 (cuDNN / oneDNN NHWC kernels) and on every CPU.
+
+    On the CPU oneDNN's NHWC convolutions were faster in fp32 too: ResNet-20 training at 287 vs
+    249 img/s on 2 AVX2 cores (``resnetkit bench throughput`` with and without --channels-last).
+    """
     if channels_last is None:
-        return precision == "bf16"
+        return precision == "bf16" or device.type == "cpu"
     return bool(channels_last)
 
 
