@@ -22,7 +22,7 @@ from PIL import Image, ImageOps
 from torch import nn
 
 from .data.augment import normalize
-from .data.folder import _decode_chunk, _fit  # training's decoder and resize: the same pixels
+from .data.folder import decode_files, fit_image  # training's decoder and resize: the same pixels
 from .errors import UserError
 from .train.engine import predict_logits
 
@@ -71,7 +71,7 @@ def image_extensions() -> frozenset[str]:
 
 def load_image(path: str | Path, size: int) -> torch.Tensor:
     """One image file -> uint8 ``(3, size, size)``; an unreadable file is a UserError naming it."""
-    result = _decode_chunk([Path(path)], size)[0]
+    result = decode_files([Path(path)], size)[0]
     if isinstance(result, str):
         raise UserError(f"cannot read image {path}: {result}")
     return result
@@ -106,12 +106,12 @@ def _item(i: int, item: Any, size: int) -> tuple[str, torch.Tensor]:
     if isinstance(item, (str, Path)):
         return str(item), load_image(item, size)
     if isinstance(item, Image.Image):
-        return getattr(item, "filename", "") or f"image[{i}]", _fit(pil_to_uint8(item), size)
+        return getattr(item, "filename", "") or f"image[{i}]", fit_image(pil_to_uint8(item), size)
     if isinstance(item, torch.Tensor):
         x = _check_tensor(item)
         if len(x) != 1:
             raise UserError(f"item {i} of the image list is a batch of {len(x)}; pass one (3, H, W) image per item")
-        return f"tensor[{i}]", _fit(x[0].cpu(), size)
+        return f"tensor[{i}]", fit_image(x[0].cpu(), size)
     raise UserError(f"cannot predict on item {i} of type {type(item).__name__}; "
                     "give PIL images, file paths, or uint8/float image tensors")
 
@@ -129,7 +129,7 @@ def _batches(images: Any, size: int, batch_size: int) -> Iterator[tuple[list[str
         for start in range(0, len(x), batch_size):
             chunk = x[start:start + batch_size].cpu()
             if tuple(chunk.shape[-2:]) != (size, size):
-                chunk = torch.stack([_fit(c, size) for c in chunk])
+                chunk = torch.stack([fit_image(c, size) for c in chunk])
             yield [f"tensor[{i}]" for i in range(start, start + len(chunk))], chunk
         return
     if isinstance(images, (Image.Image, str, Path)):
@@ -218,7 +218,7 @@ def predict_paths(model: nn.Module, paths: Sequence[str | Path], top_k: int = 5,
     for start in range(0, len(paths), step):
         chunk = [Path(p) for p in paths[start:start + step]]
         good: list[tuple[str, torch.Tensor]] = []
-        for path, result in zip(chunk, _decode_chunk(chunk, size)):
+        for path, result in zip(chunk, decode_files(chunk, size)):
             if isinstance(result, str):
                 log.debug("cannot read image %s: %s", path, result)
                 failures.append((str(path), result))
@@ -278,7 +278,7 @@ def _display(img: ImageInput, size: int | None) -> torch.Tensor:
     else:
         x = _check_tensor(img)[0].cpu()
         x = (x.float().clamp(0, 1) * 255).round().to(torch.uint8) if x.is_floating_point() else x
-    return _fit(x, size) if size else x
+    return fit_image(x, size) if size else x
 
 
 def draw_grid(predictions: Sequence[Prediction], images: Sequence[ImageInput], out_png: str | Path,

@@ -402,3 +402,9 @@ def load_folder(source: Path, *, image_size: int | None = None, skip_bad_images:
         return Splits(classes, images[:cut], labels[:cut], images[cut:], labels[cut:], [])
     return Splits(classes, images[:cut][keep[:cut]], labels[:cut][keep[:cut]],
                   images[cut:][keep[cut:]], labels[cut:][keep[cut:]], skipped)
+
+
+# Public names for other readers of images (prediction) so they decode and resize exactly as
+# training did, without reaching into this module's private helpers.
+decode_files = _decode_chunk
+fit_image = _fit

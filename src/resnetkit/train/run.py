@@ -204,7 +204,7 @@ def _fit(cfg: TrainConfig, ckpt: dict | None, dist_ctx: DistContext, progress: b
             stats = global_epoch_stats(dist_ctx, stats, s.device)
             check_weights_finite(unwrap(s.model), state)  # before this epoch's rows are written
             if cfg.compile and not history:
-                compile_seconds = s.compile_seconds(stats)
+                compile_seconds = s.warmup_seconds
             epoch_done = state.step_in_epoch >= steps_per_epoch or state.global_step >= total_steps
             row = {"epoch": state.epoch + 1, "step": state.global_step, "lr": s.optimizer.param_groups[0]["lr"],
                    "train_loss": stats.loss, "train_acc": stats.acc, "images_per_s": stats.images_per_s,

@@ -30,7 +30,7 @@ from .device import (
     set_deterministic, set_rng_state,
 )
 from .distributed import DistContext
-from .engine import EpochStats, StepState
+from .engine import StepState
 from .optim import build_sgd
 from .pretrained import apply_pretrained
 
@@ -82,9 +82,6 @@ class Setup:
             "world_size": self.dist.world_size,
             "versions": versions(),
         }
-
-    def compile_seconds(self, stats: EpochStats) -> float:
-        return self.warmup_seconds
 
 
 def versions() -> dict[str, str]:
