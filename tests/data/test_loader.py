@@ -236,3 +236,27 @@ def test_cuda_batches_equal_cpu_batches() -> None:
         torch.testing.assert_close(b.cpu(), a, rtol=0, atol=1e-6)
         assert torch.equal(lb.cpu(), la)
     assert dataset_fits(x, "cuda")
+
+
+def test_set_size_resizes_train_batches_after_the_same_augmentation() -> None:
+    """Progressive resizing: a smaller size serves the same crops, flips and labels, downscaled
+    (antialiased bilinear, so an image constant at 255 stays 255), in the loader's layout."""
+    x, y = _data(n=64, size=16)
+    full = DeviceLoader(x, y, batch_size=16, channels_last=True, **IDENTITY)
+    small = DeviceLoader(x, y, batch_size=16, channels_last=True, **IDENTITY)
+    small.set_size(8)
+    for (xf, yf), (xs, ys) in zip(_epoch(full, 2), _epoch(small, 2)):
+        assert xs.shape == (16, 3, 8, 8) and xs.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(ys, yf)
+        expected = torch.nn.functional.interpolate(xf, size=(8, 8), mode="bilinear", antialias=True)
+        assert torch.allclose(xs, expected, atol=1e-4)
+        assert torch.equal(_ids(xs), _ids(xf))  # channel 0 is constant per image: survives the resize
+    small.set_size(16)  # the stored size again: batches are bit-identical to the unresized loader
+    assert _same(_epoch(small, 5), _epoch(full, 5))
+    small.set_size(None)
+    assert _same(_epoch(small, 5), _epoch(full, 5))
+    evaluation = DeviceLoader(x, y, batch_size=16, train=False, **IDENTITY)
+    evaluation.set_size(8)  # evaluation always serves full-size images
+    assert next(iter(evaluation))[0].shape == (16, 3, 16, 16)
+    with pytest.raises(UserError):
+        small.set_size(0)

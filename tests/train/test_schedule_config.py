@@ -73,3 +73,17 @@ def test_no_weight_decay_on_norm_and_bias():
     lrs = sorted({g["initial_lr"] for g in opt.param_groups})
     assert lrs == [pytest.approx(0.01), pytest.approx(0.1)]
     assert math.isclose(sum(len(g["params"]) for g in opt.param_groups), len(list(model.parameters())))
+
+
+def test_progressive_sizes_split_the_run_in_equal_parts_and_are_validated():
+    from resnetkit.train.run import progressive_size
+
+    # 11 epochs over four sizes: parts of 3, 3, 3 and 2 epochs, full size last
+    sizes = [progressive_size([20, 24, 28, 32], e, 11) for e in range(11)]
+    assert sizes == [20] * 3 + [24] * 3 + [28] * 3 + [32] * 2
+    assert [progressive_size([24, 32], e, 4) for e in range(4)] == [24, 24, 32, 32]
+    assert progressive_size(None, 3, 10) is None and progressive_size([], 0, 1) is None
+    assert resolve_config(progressive_sizes=[24, 32]).progressive_sizes == [24, 32]
+    for bad in ([], [4, 32], [24.5]):
+        with pytest.raises(UserError, match="progressive-sizes"):
+            resolve_config(progressive_sizes=bad)

@@ -27,6 +27,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--recipe", help="named preset (default: 'default'; 'tutorial' is the tutorial exactly)")
     g.add_argument("--download", action="store_true", default=None, help="download CIFAR if it is missing")
     g.add_argument("--image-size", type=int, help="resize images to this square size")
+    g.add_argument("--progressive-sizes", type=int, nargs="+", metavar="SIZE",
+                   help="train at these image sizes in equal consecutive parts of the run, e.g. 24 28 32 "
+                        "(progressive resizing: cheaper early epochs); evaluation is at full size")
     g.add_argument("--skip-bad-images", action="store_true", default=None,
                    help="skip unreadable images (reported) instead of failing")
     g.add_argument("--val-split", type=int, help="hold out this many training images for model selection")

@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from ..errors import UserError
 from .augment import (
@@ -143,6 +144,7 @@ class DeviceLoader:
         self._epoch = 0
         self._skip: tuple[int, int] | None = None  # (epoch, step) for the next __iter__
         self._base_flip: torch.Tensor | None = None
+        self._size: int | None = None  # train batches resized to this square size (progressive resizing)
         log.debug("DeviceLoader: %d images %s on %s, %d batches of %d per rank (rank %d of %d), train=%s",
                   n, tuple(images.shape[1:]), self.device, len(self), batch_size, rank, world_size, train)
 
@@ -176,6 +178,17 @@ class DeviceLoader:
         if epoch < 0:
             raise UserError(f"epoch must be non-negative, got {epoch}.")
         self._epoch = int(epoch)
+
+    def set_size(self, size: int | None) -> None:
+        """Serve training batches resized to ``size`` x ``size`` (``None``: the stored size).
+
+        The resize runs after crop, flip and normalisation, on the whole batch (bilinear with
+        antialiasing), so a smaller size changes only the resolution the network sees, not the
+        augmentation draws: the same epoch serves the same crops at any size.
+        """
+        if size is not None and (not isinstance(size, int) or size < 1):
+            raise UserError(f"a batch size in pixels must be a positive integer, got {size!r}.")
+        self._size = None if size is None or size == self.images.shape[-1] == self.images.shape[-2] else size
 
     def skip_to(self, step: int) -> None:
         """Make the next ``__iter__`` of the current epoch start at batch ``step`` (exact resume)."""
@@ -257,6 +270,10 @@ class DeviceLoader:
         out = normalize_with(x, self._scale, self._bias, self.dtype, self.channels_last)
         if aug is not None and plan.cy is not None:
             out = apply_cutout(out, plan.cy[lo:hi], plan.cx[lo:hi], aug.cutout, inplace=True)
+        if self._size is not None and self.train:
+            fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+            out = F.interpolate(out.float(), size=(self._size, self._size), mode="bilinear", antialias=True,
+                                align_corners=False).to(self.dtype).contiguous(memory_format=fmt)
         return out, self.labels.index_select(0, idx)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

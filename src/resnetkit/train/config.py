@@ -44,6 +44,7 @@ class TrainConfig:
     compile: bool = False
     deterministic: bool = False
     image_size: int | None = None
+    progressive_sizes: list[int] | None = None  # train at these sizes in equal consecutive parts
     skip_bad_images: bool = False
     download: bool = False
     out: str | None = None
@@ -167,5 +168,9 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError(f"--crop-fill must be zero or reflect, got {cfg.crop_fill!r}")
     if cfg.crop_pad < 0 or cfg.cutout < 0:
         raise UserError("--crop-pad and --cutout must be >= 0")
+    if cfg.progressive_sizes is not None:
+        sizes = list(cfg.progressive_sizes)
+        if not sizes or any(not isinstance(v, int) or v < 8 for v in sizes):
+            raise UserError(f"--progressive-sizes takes image sizes of at least 8 pixels, got {sizes}")
     if cfg.backbone_lr_mult < 0:
         raise UserError(f"--backbone-lr-mult must be >= 0, got {cfg.backbone_lr_mult}")

@@ -188,6 +188,7 @@ def _fit(cfg: TrainConfig, ckpt: dict | None, dist_ctx: DistContext, progress: b
         while (state.epoch < total_epochs and state.global_step < total_steps
                and (stop_at is None or state.global_step < stop_at)):
             s.train_loader.set_epoch(state.epoch)
+            s.train_loader.set_size(progressive_size(cfg.progressive_sizes, state.epoch, total_epochs))
             s.train_loader.skip_to(state.step_in_epoch)
             logged["steps"] = 0
             bar = writer.progress_bar(state, steps_per_epoch, s.train_loader) if (writer and progress) else None
@@ -248,6 +249,18 @@ def _fit(cfg: TrainConfig, ckpt: dict | None, dist_ctx: DistContext, progress: b
         writer.finish(result, unwrap(s.model))
     debug_dump(dist_ctx, s.model, s.optimizer)
     return result
+
+
+def progressive_size(sizes: list[int] | None, epoch: int, total_epochs: int) -> int | None:
+    """The training image size of ``epoch`` (0-based) under progressive resizing.
+
+    The run is cut into ``len(sizes)`` equal consecutive parts, one per size in order (fast.ai's
+    DAWNBench progressive resizing, Howard 2018); ``None`` (no schedule) keeps the stored size.
+    """
+    if not sizes:
+        return None
+    part = min(len(sizes) - 1, epoch * len(sizes) // max(total_epochs, 1))
+    return int(sizes[part])
 
 
 def _eval(s: Setup, loader, tta: bool) -> dict:
