@@ -62,12 +62,15 @@ def test_degradation_command_writes_curves_for_every_network(degradation) -> Non
     # option-A shortcuts add no parameters: plain and residual twins have the same count
     assert [n["params"] for n in nets] == [75_290, 75_290, 172_506, 172_506]
     assert report["recipe"]["iterations"] == 8 and report["recipe"]["iterations_per_epoch"] == 4
-    assert report["recipe"]["lr"] == 0.1 and report["recipe"]["weight_decay"] == 1e-4
+    assert report["recipe"]["lr"] == 0.1 * 16 / 128 and report["recipe"]["weight_decay"] == 1e-4
     for n in nets:
         c = n["curves"]
         assert c["iteration"] == [4, 8]
         assert all(0.0 <= e <= 1.0 for e in c["train_error"] + c["test_error"])
         assert n["final_train_error"] == c["train_error"][-1]
+        assert n["final_running_train_error"] == c["running_train_error"][-1]
+        assert report["train_eval_images"] == 64  # all 64 images: errors are multiples of 1/64
+        assert all(abs(e * 64 - round(e * 64)) < 1e-6 for e in c["train_error"])
         assert math.isclose(n["final_test_error"], c["test_error"][-1], abs_tol=1e-9)
         assert n["seconds"] > 0
     v = report["verdict"]
@@ -83,7 +86,7 @@ def test_degradation_runs_use_the_study_recipe_and_plain_flag(degradation) -> No
         cfg = json.loads((out / "runs" / n["name"].lower() / "config.json").read_text())["config"]
         assert cfg["model"] == "resnet20"
         assert cfg["model_kwargs"] == {"layers": [(n["depth"] - 2) // 6] * 3, "plain": n["plain"]}
-        assert (cfg["lr"], cfg["momentum"], cfg["nesterov"], cfg["weight_decay"]) == (0.1, 0.9, False, 1e-4)
+        assert (cfg["lr"], cfg["momentum"], cfg["nesterov"], cfg["weight_decay"]) == (0.1 * 16 / 128, 0.9, False, 1e-4)
         assert (cfg["label_smoothing"], cfg["crop_pad"], cfg["flip"], cfg["seed"]) == (0.0, 4, "random", 0)
         assert cfg["schedule"] == "constant" and cfg["epochs"] == 2
         assert cfg["warmup_epochs"] == 1.0  # the first epoch (4 iterations), at most 200 iterations
@@ -263,4 +266,28 @@ def test_verdict_not_reproduced() -> None:
 def test_curves_from_history_marks_missing_test_points() -> None:
     rows = [{"step": 5, "train_acc": 0.25}, {"step": 10, "train_acc": 0.5, "test_acc": 0.4}]
     assert curves_from_history(rows) == {"iteration": [5, 10], "train_error": [0.75, 0.5],
+                                         "running_train_error": [0.75, 0.5],
                                          "test_error": [None, pytest.approx(0.6)]}
+    # measured training-set errors (eval mode) take the train_error slot; the running one stays
+    c = curves_from_history(rows, [0.7, 0.3])
+    assert c["train_error"] == [0.7, 0.3] and c["running_train_error"] == [0.75, 0.5]
+    with pytest.raises(ValueError):
+        curves_from_history(rows, [0.7])
+
+
+def test_error_on_matches_the_checkpoints_own_predictions(degradation) -> None:
+    """The eval-mode training error equals 1 - accuracy of the saved model's argmax, by hand."""
+    from resnetkit.api import load_checkpoint
+    from resnetkit.data.augment import normalize
+    from resnetkit.study.degradation import error_on
+
+    _, _, out = degradation
+    ckpt = out / "runs" / "resnet-14" / "last.pt"
+    g = torch.Generator().manual_seed(5)
+    x = torch.randint(0, 256, (40, 3, 8, 8), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 10, (40,), generator=g)
+    model = load_checkpoint(ckpt)
+    with torch.no_grad():
+        pred = model(normalize(x, model.mean, model.std)).argmax(1)
+    expected = 1.0 - (pred == y).sum().item() / len(y)
+    assert error_on(ckpt, x, y, device="cpu", precision="fp32", batch_size=16) == pytest.approx(expected, abs=1e-9)

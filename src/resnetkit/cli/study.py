@@ -30,6 +30,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="time for the whole study: rounds of one more epoch for every network while they fit")
     d.add_argument("--subset", type=int, help="train on this many training images (random, fixed by the seed)")
     d.add_argument("--test-subset", type=int, help="measure test error on this many test images")
+    d.add_argument("--train-eval", type=int, default=1000,
+                   help="measure training error on this many fixed training images, in eval mode without "
+                        "augmentation, after every epoch (default 1000; 0: report only the running error)")
     d.set_defaults(func=run_degradation)
 
     g = studies.add_parser(
@@ -61,18 +64,22 @@ def run_degradation(args: argparse.Namespace) -> int:
     from ..study.degradation import run_degradation as study
 
     r = study(args.depths, args.data, out=args.out, epochs=args.epochs, budget_minutes=args.budget_minutes,
-              subset=args.subset, test_subset=args.test_subset, seed=args.seed, batch_size=args.batch_size,
+              subset=args.subset, test_subset=args.test_subset, train_eval=args.train_eval, seed=args.seed,
+              batch_size=args.batch_size,
               image_size=args.image_size, device=args.device,
               precision=args.precision, overwrite=args.overwrite, progress=sys.stderr.isatty())
     rec = r["recipe"]
     print(f"{r['train_images']} training / {r['test_images']} test images of {r['data_name']}, "
           f"{rec['epochs']:g} epochs = {rec['iterations']} iterations per network, {r['precision']}")
-    print(f"{'network':<12} {'params':>9} {'train err':>9} {'test err':>9} {'seconds':>8}")
+    print(f"training error: {r['train_error_definition']}; running: on the augmented batches in train mode")
+    print(f"{'network':<12} {'params':>9} {'train err':>9} {'running':>9} {'test err':>9} {'seconds':>8}")
     for n in r["networks"]:
-        print(f"{n['name']:<12} {n['params']:>9,} {n['final_train_error']:>9.2%} {n['final_test_error']:>9.2%} "
-              f"{n['seconds']:>8.0f}")
+        print(f"{n['name']:<12} {n['params']:>9,} {n['final_train_error']:>9.2%} "
+              f"{n['final_running_train_error']:>9.2%} {n['final_test_error']:>9.2%} {n['seconds']:>8.0f}")
     for line in r["verdict"]["lines"]:
         print(line)
+    if r["verdict_running"]["lines"] != r["verdict"]["lines"]:
+        print("by the running training error: " + " ".join(r["verdict_running"]["lines"][:2]))
     print(f"study took {r['budget']['seconds']:.0f} s; wrote {Path(args.out) / 'degradation.json'} and "
           f"{Path(args.out) / 'degradation.png'}")
     return 0
