@@ -88,7 +88,7 @@ def test_degradation_runs_use_the_study_recipe_and_plain_flag(degradation) -> No
         assert cfg["model_kwargs"] == {"layers": [(n["depth"] - 2) // 6] * 3, "plain": n["plain"]}
         assert (cfg["lr"], cfg["momentum"], cfg["nesterov"], cfg["weight_decay"]) == (0.1 * 16 / 128, 0.9, False, 1e-4)
         assert (cfg["label_smoothing"], cfg["crop_pad"], cfg["flip"], cfg["seed"]) == (0.0, 4, "random", 0)
-        assert cfg["schedule"] == "constant" and cfg["epochs"] == 2
+        assert cfg["schedule"] == "step" and cfg["epochs"] == 2
         assert cfg["warmup_epochs"] == 1.0  # the first epoch (4 iterations), at most 200 iterations
 
 
@@ -114,8 +114,33 @@ def test_budget_rounds_continue_runs_exactly(degradation, tmp_path, caplog) -> N
                  "--out", str(tmp_path / "b"), *TINY]) == 0
     short = json.loads((tmp_path / "b" / "degradation.json").read_text())
     assert short["recipe"]["epochs"] == 1  # the first round always runs, then the budget stops it
+    assert short["recipe"]["planned_epochs"] == 1 and short["recipe"]["schedule_completed"]
     assert [n["curves"]["iteration"] for n in short["networks"]] == [[4], [4]]
     assert "over its budget" in caplog.text
+
+
+def test_rounds_equal_one_straight_run_of_the_step_schedule(degradation, tmp_path) -> None:
+    """The study's round-by-round ResNet-8 is, epoch for epoch, one uninterrupted fit() of 2 epochs
+    with the paper's step schedule (lr / 10 at 50% and 75% of the 8 iterations)."""
+    from resnetkit.data.prepare import prepare_data
+    from resnetkit.study.degradation import study_config
+    from resnetkit.train.run import fit
+
+    _, report, out = degradation
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RESNETKIT_CACHE", str(tmp_path / "cache"))
+        ds = prepare_data("synthetic:64", image_size=8)
+    cfg = study_config(8, False, "synthetic:64", epochs=2, steps_per_epoch=4, out=tmp_path / "straight",
+                       batch_size=16, device="cpu")
+    straight = fit(cfg, data=ds)
+    rounds = json.loads((out / "runs" / "resnet-8" / "config.json").read_text())
+    assert rounds["config"]["epochs"] == 2
+    net = next(n for n in report["networks"] if n["name"] == "ResNet-8")
+    assert net["curves"]["running_train_error"] == [1.0 - r["train_acc"] for r in straight.history]
+    assert net["curves"]["test_error"] == pytest.approx([1.0 - r["test_acc"] for r in straight.history], abs=1e-12)
+    assert report["recipe"]["planned_epochs"] == 2 and report["recipe"]["schedule_completed"]
+    # the step schedule: epoch 1 ends at full lr, epoch 2 at lr/100 (its last 2 of 8 iterations)
+    assert [r["lr"] for r in straight.history] == pytest.approx([0.0125, 0.0125 * 0.01])
 
 
 # ------------------------------------------------------------------------------ gradients command

@@ -26,7 +26,14 @@ def test_linear_and_constant():
     assert lr_factor(50, 100, 0, "linear") == pytest.approx(0.5)
     assert lr_factor(99, 100, 0, "constant") == 1.0
     with pytest.raises(ValueError):
-        lr_factor(0, 10, 0, "step")
+        lr_factor(0, 10, 0, "exponential")
+
+
+def test_step_schedule_is_the_papers():
+    # He et al. 2015: lr / 10 at 32k and 48k of 64k iterations, after the warmup
+    f = [lr_factor(s, 64, 4, "step") for s in range(64)]
+    assert f[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert f[4:32] == [1.0] * 28 and f[32:48] == [0.1] * 16 and f[48:] == [0.01] * 16
 
 
 def test_tutorial_recipe_is_the_tutorial():
@@ -43,7 +50,7 @@ def test_flags_override_recipe_and_none_does_not():
 
 
 @pytest.mark.parametrize("bad", [dict(lr=0), dict(lr=-1), dict(epochs=0), dict(batch_size=0),
-                                 dict(batch_size=-4), dict(label_smoothing=1.0), dict(schedule="step")])
+                                 dict(batch_size=-4), dict(label_smoothing=1.0), dict(schedule="exponential")])
 def test_bad_values_are_user_errors(bad):
     with pytest.raises(UserError):
         resolve_config("default", **bad)

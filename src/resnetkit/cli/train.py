@@ -44,7 +44,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     h.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None)
     h.add_argument("--weight-decay", type=float)
     h.add_argument("--label-smoothing", type=float)
-    h.add_argument("--schedule", choices=["constant", "cosine", "linear"])
+    h.add_argument("--schedule", choices=["constant", "cosine", "linear", "step"],
+                   help="lr schedule after the warmup (step: /10 at 50%% and 75%% of the run, He et al. 2015)")
     h.add_argument("--warmup-epochs", type=float)
     h.add_argument("--crop-pad", type=int, help="random-crop padding in pixels (0: no crop)")
     h.add_argument("--crop-fill", choices=["zero", "reflect"])

@@ -160,8 +160,8 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError(f"--max-steps must be positive, got {cfg.max_steps}")
     if cfg.stop_after_steps is not None and cfg.stop_after_steps <= 0:
         raise UserError(f"--stop-after-steps must be positive, got {cfg.stop_after_steps}")
-    if cfg.schedule not in ("constant", "cosine", "linear"):
-        raise UserError(f"--schedule must be constant, cosine or linear, got {cfg.schedule!r}")
+    if cfg.schedule not in ("constant", "cosine", "linear", "step"):
+        raise UserError(f"--schedule must be constant, cosine, linear or step, got {cfg.schedule!r}")
     if cfg.flip not in ("random", "alternating", "none"):
         raise UserError(f"--flip must be random, alternating or none, got {cfg.flip!r}")
     if cfg.crop_fill not in ("zero", "reflect"):

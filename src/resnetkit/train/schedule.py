@@ -4,6 +4,8 @@
 - ``cosine``: linear warmup, then half-cosine decay to zero (Loshchilov and Hutter 2017).
 - ``linear``: linear warmup, then linear decay to zero: the one-cycle shape used by the fast
   CIFAR-10 trainers (Smith 2018; Page 2018; Jordan 2024).
+- ``step``: the ResNet paper's CIFAR schedule (He et al. 2015, sec. 4.2): the learning rate is
+  divided by 10 at 50% and again at 75% of the run (32k and 48k of 64k iterations).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import math
 
 import torch
 
-SCHEDULES = ("constant", "cosine", "linear")
+SCHEDULES = ("constant", "cosine", "linear", "step")
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int = 0, kind: str = "cosine",
@@ -24,6 +26,8 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int = 0, kind: str = "c
         return (step + 1) / warmup_steps
     if kind == "constant":
         return 1.0
+    if kind == "step":
+        return 1.0 if step < total_steps * 0.5 else 0.1 if step < total_steps * 0.75 else 0.01
     span = max(1, total_steps - warmup_steps)
     t = min(1.0, (step - warmup_steps) / span)
     if kind == "cosine":
