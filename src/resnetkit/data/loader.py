@@ -187,7 +187,7 @@ class DeviceLoader:
         augmentation draws: the same epoch serves the same crops at any size.
         """
         if size is not None and (not isinstance(size, int) or size < 1):
-            raise UserError(f"a batch size in pixels must be a positive integer, got {size!r}.")
+            raise UserError(f"the training image size must be a positive integer, got {size!r}.")
         self._size = None if size is None or size == self.images.shape[-1] == self.images.shape[-2] else size
 
     def skip_to(self, step: int) -> None:

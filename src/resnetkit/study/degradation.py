@@ -282,8 +282,9 @@ def run_degradation(depths: Sequence[int], data: str = "synthetic", *, out: str 
     if train_eval < 0:
         raise UserError(f"--train-eval must be >= 0, got {train_eval}")
     n_eval = min(train_eval, len(ds.train_labels))
-    pick = torch.randperm(len(ds.train_labels), generator=torch.Generator().manual_seed(seed * 1000 + 3))[:n_eval]
-    eval_x, eval_y = ds.train_images[pick.sort().values], ds.train_labels[pick.sort().values]
+    gen = torch.Generator().manual_seed(seed * 1000 + 3)
+    pick = torch.randperm(len(ds.train_labels), generator=gen)[:n_eval].sort().values
+    eval_x, eval_y = ds.train_images[pick], ds.train_labels[pick]
     runs = [(d, plain) for d in depths for plain in (True, False)]
     run_dir = {r: out / "runs" / network_label(*r).lower() for r in runs}
     results: dict[tuple[int, bool], Any] = {}
