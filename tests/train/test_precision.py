@@ -22,6 +22,13 @@ def test_bf16_autocast_forward_matches_fp32_within_tolerance():
     assert torch.allclose(cl, ref, atol=1e-4, rtol=1e-4)  # the layout changes no result
 
 
+def test_only_amx_cpus_count_as_fast_bf16():
+    # AVX-512 BF16 without AMX trained ResNet-20 at 365 img/s in bf16 against 492 in fp32
+    assert not dev.bf16_pays_on_cpu("flags\t\t: fpu sse avx2 avx512f avx512_bf16 avx512_fp16\n")
+    assert not dev.bf16_pays_on_cpu("flags\t\t: fpu sse avx2\n")
+    assert dev.bf16_pays_on_cpu("flags\t\t: fpu avx512_bf16 amx_bf16 amx_tile amx_int8\n")
+
+
 def test_auto_precision_is_bf16_only_where_native(monkeypatch):
     cpu = torch.device("cpu")
     monkeypatch.setattr(dev, "cpu_has_bf16", lambda: False)
