@@ -12,7 +12,7 @@ from torch import nn
 from resnetkit.cli import main
 from resnetkit.models import create_model
 from resnetkit.study.degradation import (
-    check_depths, curves_from_history, degradation_verdict, model_spec, next_round_fits, take_subset,
+    check_depths, curves_from_history, degradation_verdict, model_spec, next_round_fits, study_config, take_subset,
 )
 from resnetkit.study.gradients import GradientRecorder, flow_summary, weight_layers
 
@@ -90,6 +90,21 @@ def test_degradation_runs_use_the_study_recipe_and_plain_flag(degradation) -> No
         assert (cfg["label_smoothing"], cfg["crop_pad"], cfg["flip"], cfg["seed"]) == (0.0, 4, "random", 0)
         assert cfg["schedule"] == "step" and cfg["epochs"] == 2
         assert cfg["warmup_epochs"] == 1.0  # the first epoch (4 iterations), at most 200 iterations
+
+
+@pytest.mark.parametrize("depth", [20, 14])
+def test_zero_init_residual_zeroes_only_the_resnets_branches(depth: int) -> None:
+    def last_norm_scales(plain: bool, zero: bool) -> torch.Tensor:
+        cfg = study_config(depth, plain, "synthetic", epochs=1, steps_per_epoch=10, out=None, zero_init_residual=zero)
+        assert cfg.model_kwargs.get("zero_init_residual", False) == (zero and not plain)
+        net = create_model(cfg.model, **cfg.model_kwargs)
+        return torch.cat([m.bn2.weight.detach() for m in net.modules() if hasattr(m, "bn2")])
+
+    assert last_norm_scales(False, True).numel() == (16 + 32 + 64) * (depth - 2) // 6  # every block's bn2
+    assert torch.count_nonzero(last_norm_scales(False, True)) == 0  # a ResNet starts as its shortcuts
+    assert torch.equal(last_norm_scales(False, False), torch.ones_like(last_norm_scales(False, False)))
+    # a zeroed plain net would output a constant; it keeps the paper's initialisation
+    assert torch.equal(last_norm_scales(True, True), torch.ones_like(last_norm_scales(True, True)))
 
 
 def test_degradation_refuses_to_overwrite_and_rejects_bad_depths(degradation, capsys) -> None:

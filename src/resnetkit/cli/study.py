@@ -34,6 +34,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--train-eval", type=int, default=1000,
                    help="measure training error on this many fixed training images, in eval mode without "
                         "augmentation, after every epoch (default 1000; 0: report only the running error)")
+    d.add_argument("--zero-init-residual", action="store_true",
+                   help="start every residual branch of the ResNets at zero (last BatchNorm scale 0, Goyal et al. "
+                        "2017) so a ResNet of any depth starts as the same shallow function; plain nets keep the "
+                        "paper's initialisation")
     d.set_defaults(func=run_degradation)
 
     g = studies.add_parser(
@@ -66,7 +70,7 @@ def run_degradation(args: argparse.Namespace) -> int:
 
     r = study(args.depths, args.data, out=args.out, epochs=args.epochs, budget_minutes=args.budget_minutes,
               subset=args.subset, test_subset=args.test_subset, train_eval=args.train_eval, seed=args.seed,
-              batch_size=args.batch_size,
+              batch_size=args.batch_size, zero_init_residual=args.zero_init_residual,
               image_size=args.image_size, device=args.device,
               precision=args.precision, overwrite=args.overwrite, progress=sys.stderr.isatty())
     rec = r["recipe"]

@@ -112,9 +112,16 @@ def take_subset(data: ImageData, n_train: int | None, n_test: int | None, seed: 
 
 def study_config(depth: int, plain: bool, source: str, *, epochs: float, steps_per_epoch: int,
                  out: str | Path | None, seed: int = 0, batch_size: int = 128, device: str = "auto",
-                 precision: str = "auto") -> TrainConfig:
-    """The training configuration of one network of the study (:data:`STUDY_RECIPE`)."""
+                 precision: str = "auto", zero_init_residual: bool = False) -> TrainConfig:
+    """The training configuration of one network of the study (:data:`STUDY_RECIPE`).
+
+    ``zero_init_residual`` starts every residual branch of the ResNets at zero (the scale of its
+    last BatchNorm; Goyal et al. 2017), so that a ResNet of any depth starts as the same shallow
+    function; plain nets keep the paper's initialisation (zeroed, they would pass no signal).
+    """
     name, kwargs = model_spec(depth, plain)
+    if zero_init_residual and not plain:
+        kwargs = {**kwargs, "zero_init_residual": True}
     warmup = min(WARMUP_ITERS, steps_per_epoch)
     # the paper's lr 0.1 is for batch 128; other batches scale it linearly (Goyal et al. 2017)
     recipe = {**STUDY_RECIPE, "batch_size": batch_size, "lr": study_lr(batch_size)}
@@ -239,8 +246,10 @@ def plot_degradation(report: dict, path: str | Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     axes[0].set_ylabel("error (%)")
-    fig.suptitle(f"{report['data_name']}, {report['train_images']} training / {report['test_images']} test images, "
-                 f"batch {report['recipe']['batch_size']}: dashed = training error, dotted = running training error, "
+    px = f" at {report['image_size']} px" if report.get("image_size") else ""
+    zero = ", ResNet branches zero-initialised" if report["recipe"].get("zero_init_residual") else ""
+    fig.suptitle(f"{report['data_name']}, {report['train_images']} training / {report['test_images']} test images{px}, "
+                 f"batch {report['recipe']['batch_size']}{zero}:\ndashed = training error, dotted = running training error, "
                  f"solid = test error", fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
@@ -250,7 +259,8 @@ def run_degradation(depths: Sequence[int], data: str = "synthetic", *, out: str 
                     epochs: int | None = None, budget_minutes: float | None = None,
                     subset: int | None = None, test_subset: int | None = None, train_eval: int = 1000, seed: int = 0,
                     batch_size: int = 128, image_size: int | None = None, device: str = "auto",
-                    precision: str = "auto", overwrite: bool = False, progress: bool = False) -> dict[str, Any]:
+                    precision: str = "auto", zero_init_residual: bool = False, overwrite: bool = False,
+                    progress: bool = False) -> dict[str, Any]:
     """Train plain and residual nets at each depth; write ``degradation.json`` and ``degradation.png``.
 
     The networks train in rounds of one epoch each (a round continues every run by one epoch),
@@ -298,7 +308,8 @@ def run_degradation(depths: Sequence[int], data: str = "synthetic", *, out: str 
             log.info("training %s to epoch %d of %d", network_label(*r), n_epochs, planned)
             if n_epochs == 1:
                 cfg = study_config(*r, data, epochs=planned, steps_per_epoch=steps_per_epoch, out=run_dir[r],
-                                   seed=seed, batch_size=batch_size, device=device, precision=precision)
+                                   seed=seed, batch_size=batch_size, device=device, precision=precision,
+                                   zero_init_residual=zero_init_residual)
                 cfg.stop_after_steps = stop
                 results[r] = fit(cfg, data=ds)
             else:
@@ -354,7 +365,9 @@ def run_degradation(depths: Sequence[int], data: str = "synthetic", *, out: str 
         "train_images": len(ds.train_labels), "test_images": len(ds.test_labels),
         "subset": subset, "test_subset": test_subset, "seed": seed,
         "device": str(dev), "precision": resolve_precision(precision, dev),
-        "recipe": {**STUDY_RECIPE, "batch_size": batch_size, "lr": study_lr(batch_size), "epochs": n_epochs,
+        "image_size": ds.image_size,
+        "recipe": {**STUDY_RECIPE, "batch_size": batch_size, "lr": study_lr(batch_size),
+                   "zero_init_residual": bool(zero_init_residual), "epochs": n_epochs,
                    "planned_epochs": planned, "schedule_completed": n_epochs == planned,
                    "iterations": n_epochs * steps_per_epoch, "iterations_per_epoch": steps_per_epoch,
                    "warmup_iterations": min(WARMUP_ITERS, steps_per_epoch)},
