@@ -107,6 +107,18 @@ def test_zero_init_residual_zeroes_only_the_resnets_branches(depth: int) -> None
     assert torch.equal(last_norm_scales(True, True), torch.ones_like(last_norm_scales(True, True)))
 
 
+def test_zero_init_flag_reaches_the_resnet_runs_and_the_report(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("RESNETKIT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "zero"
+    assert main(["study", "degradation", "--depths", "8", "--epochs", "1", "--zero-init-residual",
+                 "--out", str(out), *TINY]) == 0
+    report = json.loads((out / "degradation.json").read_text())
+    assert report["recipe"]["zero_init_residual"] is True and report["image_size"] == 8
+    for n in report["networks"]:
+        cfg = json.loads((out / "runs" / n["name"].lower() / "config.json").read_text())["config"]
+        assert cfg["model_kwargs"].get("zero_init_residual", False) == (not n["plain"])
+
+
 def test_degradation_refuses_to_overwrite_and_rejects_bad_depths(degradation, capsys) -> None:
     _, _, out = degradation
     assert main(["study", "degradation", "--depths", "8", "--out", str(out), *TINY]) == 2

@@ -26,6 +26,12 @@ round's duration, as the number of rounds that fit (the first round runs at full
 plan of two or more epochs, so fixing the plan late changes nothing). A round starts only if
 its predecessor's duration still fits, so the budget holds even if the machine slows down; the
 report says whether the schedule completed.
+
+``zero_init_residual`` zeroes the last BatchNorm scale of every residual branch (Goyal et al.
+2017), so ResNets of every depth start as the same shallow function. With the paper's
+initialisation, ResNet-56 ended above ResNet-20 in every run of ~1k iterations we made, on a
+2-core CPU. With zeroed branches it ended below in both 30-minute studies (two seeds); the README
+gives the figures.
 """
 
 from __future__ import annotations
