@@ -31,9 +31,9 @@ def test_only_amx_cpus_count_as_fast_bf16():
 
 def test_auto_precision_is_bf16_only_where_native(monkeypatch):
     cpu = torch.device("cpu")
-    monkeypatch.setattr(dev, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(dev, "cpu_bf16_pays", lambda: False)
     assert dev.resolve_precision("auto", cpu) == "fp32"
-    monkeypatch.setattr(dev, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(dev, "cpu_bf16_pays", lambda: True)
     assert dev.resolve_precision("auto", cpu) == "bf16"
     assert dev.resolve_precision("fp32", cpu) == "fp32"
     assert dev.resolve_channels_last(None, cpu, "fp32") is True

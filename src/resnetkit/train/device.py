@@ -49,7 +49,7 @@ def bf16_pays_on_cpu(cpuinfo: str) -> bool:
 
 
 @functools.lru_cache(maxsize=1)
-def cpu_has_bf16() -> bool:
+def cpu_bf16_pays() -> bool:
     """True when this CPU runs bf16 autocast faster than fp32 (:func:`bf16_pays_on_cpu`)."""
     try:
         with open("/proc/cpuinfo") as f:
@@ -63,7 +63,7 @@ def resolve_precision(precision: str | None, device: torch.device) -> str:
     if precision in (None, "", "auto"):
         if device.type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-        return "bf16" if cpu_has_bf16() else "fp32"
+        return "bf16" if cpu_bf16_pays() else "fp32"
     if precision not in ("bf16", "fp32"):
         raise UserError(f"precision must be 'auto', 'bf16' or 'fp32', got {precision!r}")
     return precision
