@@ -14,10 +14,10 @@ import torch
 
 import resnetkit
 from resnetkit import export as export_mod
+from resnetkit.checkpoint import FORMAT, FORMAT_VERSION, atomic_save, encode_metadata
 from resnetkit.cli import main
 from resnetkit.export import ExportError, export_checkpoint, read_export_metadata
 from resnetkit.models import create_model
-from resnetkit.train.checkpoint import FORMAT, FORMAT_VERSION, atomic_save
 
 CLASSES = ["airplane", "bird", "cat", "dog", "frog"]
 MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
@@ -200,7 +200,7 @@ def test_garbage_and_tampered_exports_are_refused(ckpt: Path, tmp_path: Path) ->
     save_file(state, str(bare))  # weights without resnetkit metadata
     with pytest.raises(resnetkit.UserError, match="no resnetkit metadata.*--pretrained"):
         resnetkit.load_checkpoint(bare)
-    meta = export_mod._encode(read_export_metadata(good))
+    meta = encode_metadata(read_export_metadata(good))
     damaged = tmp_path / "damaged.safetensors"
     save_file(state, str(damaged), metadata={**meta, "classes": "[not json"})
     with pytest.raises(resnetkit.UserError, match="damaged resnetkit metadata"):

@@ -11,11 +11,11 @@ import torch
 import torchvision
 
 import resnetkit
+from resnetkit.checkpoint import peek
 from resnetkit.models import create_model
-from resnetkit.train.checkpoint import peek
-from resnetkit.train.pretrained import IMAGENET_MEAN, IMAGENET_STD
+from resnetkit.training.pretrained import IMAGENET_MEAN, IMAGENET_STD
 
-setup_mod = importlib.import_module("resnetkit.train.setup")  # resnetkit.train is also a function
+setup_mod = importlib.import_module("resnetkit.training.setup")
 
 TRAIN = dict(model="resnet18", data="synthetic:200", epochs=1, image_size=32, batch_size=50, precision="fp32",
              device="cpu")

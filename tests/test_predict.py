@@ -14,12 +14,12 @@ import torch
 from PIL import Image
 
 import resnetkit
+from resnetkit.checkpoint import FORMAT, FORMAT_VERSION, atomic_save
 from resnetkit.cli import main
 from resnetkit.data.loader import DeviceLoader
 from resnetkit.models import create_model
 from resnetkit.predict import Prediction, draw_grid, expand_inputs, predict, predict_paths
-from resnetkit.train.checkpoint import FORMAT, FORMAT_VERSION, atomic_save
-from resnetkit.train.config import resolve_config
+from resnetkit.training.config import resolve_config
 
 CLASSES = [f"c{i}" for i in range(10)]
 MEAN, STD = (0.5, 0.4, 0.3), (0.25, 0.2, 0.3)

@@ -12,7 +12,13 @@ from torch import nn
 from resnetkit.cli import main
 from resnetkit.models import create_model
 from resnetkit.study.degradation import (
-    check_depths, curves_from_history, degradation_verdict, model_spec, next_round_fits, study_config, take_subset,
+    check_depths,
+    curves_from_history,
+    degradation_verdict,
+    model_spec,
+    next_round_fits,
+    study_config,
+    take_subset,
 )
 from resnetkit.study.gradients import GradientRecorder, flow_summary, weight_layers
 
@@ -151,7 +157,7 @@ def test_rounds_equal_one_straight_run_of_the_step_schedule(degradation, tmp_pat
     with the paper's step schedule (lr / 10 at 50% and 75% of the 8 iterations)."""
     from resnetkit.data.prepare import prepare_data
     from resnetkit.study.degradation import study_config
-    from resnetkit.train.run import fit
+    from resnetkit.training.trainer import fit
 
     _, report, out = degradation
     with pytest.MonkeyPatch.context() as mp:

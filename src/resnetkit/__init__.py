@@ -6,10 +6,9 @@
     metrics = resnetkit.evaluate("runs/demo/best.pt")
 """
 
-__version__ = "0.1.0"
+from .api import evaluate, load_checkpoint, resume, train
+from .errors import UserError
+from .models import create_model, list_models
+from .version import __version__
 
-from .errors import UserError  # noqa: E402
-from .models import create_model, list_models  # noqa: E402
-from .api import evaluate, load_checkpoint, train  # noqa: E402  (shadows the resnetkit.train package name)
-
-__all__ = ["UserError", "create_model", "list_models", "train", "evaluate", "load_checkpoint", "__version__"]
+__all__ = ["UserError", "create_model", "list_models", "train", "resume", "evaluate", "load_checkpoint", "__version__"]

@@ -16,8 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,13 @@ from typing import Any
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
+from torch.utils.flop_counter import FlopCounterMode
+
+from . import models
+from .data.cache import cache_root
+from .io import atomic_write
+from .models import create_model, list_models, model_info
+from .version import __version__
 
 logger = logging.getLogger(__name__)
 
@@ -104,8 +109,6 @@ def summarize(
     The stage rows add up to the totals: FLOPs of operations outside any child module (such
     as the flatten before the classifier) are part of the head.
     """
-    from torch.utils.flop_counter import FlopCounterMode
-
     if input_size is None:
         input_size = getattr(model, "default_input_size", None)
         if input_size is None:
@@ -189,8 +192,6 @@ def summarize(
 
 def _source_fingerprint() -> str:
     """Hash of the model sources and of this file, so editing either invalidates cached rows."""
-    from . import models
-
     h = hashlib.sha256()
     files = sorted(Path(models.__file__).parent.glob("*.py")) + [Path(__file__)]
     for f in files:
@@ -204,8 +205,6 @@ def _source_fingerprint() -> str:
 
 def _row_key(info: Any, source: str) -> str:
     """What a cached row depends on: the registry entry, the sources and the library versions."""
-    from . import __version__
-
     builder = getattr(info, "builder", None)
     blob = json.dumps(
         [_TABLE_FORMAT, __version__, torch.__version__, source, info.name, info.family,
@@ -216,8 +215,6 @@ def _row_key(info: Any, source: str) -> str:
 
 
 def _table_cache_path() -> Path:
-    from .data.cache import cache_root
-
     return cache_root() / _TABLE_FILE
 
 
@@ -233,10 +230,7 @@ def _write_table_cache(path: Path, rows: dict[str, dict]) -> None:
     """Atomic best-effort write; a read-only or full disk only costs the next run time."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".model_table.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(rows, f)
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: f.write(json.dumps(rows).encode()))
     except OSError as e:
         logger.debug("could not write the model table cache %s: %s", path, e)
 
@@ -261,16 +255,12 @@ def meta_model(name: str, **overrides: Any) -> nn.Module:
 
     Enough for parameter counts and FLOPs; quick even for the 127M-parameter models.
     """
-    from .models import create_model
-
     with torch.device("meta"), _SkipMetaInit():
         return create_model(name, **overrides)
 
 
 def model_row(name: str) -> dict[str, Any]:
     """One :func:`model_table` row, computed now (the model is built on the meta device)."""
-    from .models import model_info
-
     info = model_info(name)
     model = meta_model(name)
     s = summarize(model, info.input_size, name=name)
@@ -286,8 +276,6 @@ def model_table(pattern: str | None = None, cache: bool = True) -> list[dict[str
     directory, keyed by the registry entry, the torch and resnetkit versions and the contents
     of ``resnetkit/models/*.py`` and this file (a builder defined elsewhere is keyed by name).
     """
-    from .models import list_models, model_info
-
     names = list_models(pattern)
     source = _source_fingerprint()
     keys = {name: _row_key(model_info(name), source) for name in list_models()}

@@ -1,68 +1,87 @@
-"""The Python API: ``train``, ``evaluate`` and ``load_checkpoint``, the same code the CLI runs."""
+"""The Python API: everything the command line does, as functions (the CLI reaches the library
+only through this module).
+
+Training: :func:`train`, :func:`resume`. Using a checkpoint: :func:`load_checkpoint`,
+:func:`evaluate`, :func:`predict_files`, :func:`export`. Models: :func:`model_table`,
+:func:`model_summary`. Benchmarks and studies: :func:`bench_throughput`,
+:func:`bench_time_to_accuracy`, :func:`study_degradation`, :func:`study_gradients`.
+"""
 
 from __future__ import annotations
 
 import functools
 import logging
+import platform
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from .analysis import meta_model, model_table, summarize
+from .benchmark import throughput, time_to_accuracy
+from .checkpoint import load_model
+from .data.prepare import prepare_data
 from .errors import UserError
-from .models import create_model
-from .train.checkpoint import load_model_weights, peek
-from .train.config import TrainConfig, resolve_config
-from .train.run import RunResult, fit
+from .export import ExportResult, export_checkpoint
+from .io import write_json
+from .models import model_info
+from .plots import plot_confusion
+from .predict import Prediction, draw_grid, expand_inputs, predict, predict_paths
+from .runtime.device import resolve_device, resolve_precision
+from .runtime.inference import evaluate as evaluate_loader
+from .runtime.loaders import eval_loader
+from .study.degradation import run_degradation as study_degradation
+from .study.gradients import run_gradients as study_gradients
+from .training.config import Recipe, TrainConfig, list_recipes, resolve_config
+from .training.trainer import RESUME_OVERRIDABLE, RunResult, fit
+from .version import __version__
 
 log = logging.getLogger(__name__)
 
+__all__ = [
+    "RESUME_OVERRIDABLE", "ExportResult", "Prediction", "Recipe", "RunResult", "__version__", "bench_throughput",
+    "bench_time_to_accuracy", "draw_grid", "evaluate", "export", "list_recipes", "load_checkpoint",
+    "machine_info", "model_summary", "model_table", "predict", "predict_files", "resume", "save_json",
+    "study_degradation", "study_gradients", "train",
+]
 
+
+# ---------------------------------------------------------------------------------- training
 def train(model: str | None = None, data: str | None = None, recipe: str | None = None, *,
-          resume: str | Path | None = None, progress: bool = False, **options: Any) -> RunResult:
-    """Train a model and return its :class:`~resnetkit.train.run.RunResult`.
+          progress: bool = False, **options: Any) -> RunResult:
+    """Train a model and return its :class:`~resnetkit.training.trainer.RunResult`.
 
     Example: ``resnetkit.train("resnet20", "synthetic", epochs=2, out="runs/demo")``. Options are
-    :class:`~resnetkit.train.config.TrainConfig` fields; ``None`` values keep the recipe's.
-    With ``resume=RUN_DIR`` the run continues from its ``last.pt`` (only ``epochs``, ``device``
-    and a few logging options may change).
+    :class:`~resnetkit.training.config.TrainConfig` fields; ``None`` values keep the recipe's.
+    To continue a run, use :func:`resume`.
     """
-    if resume is not None:  # settings come from the checkpoint; fit refuses any that cannot change
-        given = {"model": model, "data": data, "recipe": recipe, **options}
-        return fit(resume=resume, resume_overrides=given, progress=progress)
+    if "resume" in options:
+        raise UserError("train() starts a new run; continue one with resnetkit.resume(run_dir)")
     cfg = resolve_config(recipe, model=model, data=data, **options)
     return fit(cfg, progress=progress)
 
 
+def resume(run_dir: str | Path, *, progress: bool = False, **overrides: Any) -> RunResult:
+    """Continue the run in ``run_dir`` (or from a ``last.pt``) exactly where it stopped.
+
+    The settings come from the checkpoint; ``overrides`` may change only the keys in
+    :data:`RESUME_OVERRIDABLE` (``epochs``, ``device``, stop points and logging); ``None`` values
+    are ignored, any other key is refused.
+    """
+    return fit(resume=run_dir, resume_overrides=overrides, progress=progress)
+
+
+# ---------------------------------------------------------------------------------- checkpoints
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild the model saved in a resnetkit checkpoint (or exported .safetensors), in eval mode.
 
     The model carries ``classes``, ``mean``, ``std`` and ``image_size`` from training, and
     ``model.predict(images)`` (PIL images, paths, or uint8/float tensors).
     """
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from .export import load_safetensors_checkpoint
-
-        meta, state = load_safetensors_checkpoint(path)
-    else:
-        meta = peek(path)
-        state = meta["model"]
-    try:
-        model = create_model(meta["model_name"], **meta["model_kwargs"])
-    except UserError as e:
-        raise UserError(f"{path} names a model this resnetkit cannot build ({e})") from None
-    load_model_weights(model, state, str(path))
-    model.eval().to(device)
-    model.classes = list(meta["classes"])
-    model.mean = tuple(meta["mean"])
-    model.std = tuple(meta["std"])
-    model.image_size = int(meta["image_size"])
-    model.checkpoint_meta = {k: v for k, v in meta.items() if k not in ("model", "optimizer", "rng")}
-    from .predict import predict as _predict
-
-    model.predict = functools.partial(_predict, model)
+    model = load_model(path, device)
+    model.predict = functools.partial(predict, model)
     return model
 
 
@@ -72,17 +91,12 @@ def evaluate(checkpoint: str | Path, data: str | None = None, *, tta: bool = Fal
     """Top-1/top-5/loss/per-class accuracy and the confusion matrix on a dataset's test split.
 
     ``data`` defaults to the data the checkpoint was trained on. No training augmentation is
-    applied. With ``out`` the metrics go to ``metrics.json`` and ``confusion.png`` there.
+    applied. A class with no test images has accuracy NaN (``null`` in JSON). With ``out`` the
+    metrics go to ``metrics.json`` and ``confusion.png`` there.
     """
-    from .data.loader import DeviceLoader
-    from .data.prepare import prepare_data
-    from .train.device import resolve_device, resolve_precision
-    from .train.engine import evaluate as run_eval
-
     dev = resolve_device(device)
     model = load_checkpoint(checkpoint, dev)
-    meta = model.checkpoint_meta
-    cfg = TrainConfig.from_dict(meta["config"])
+    cfg = TrainConfig.from_dict(model.checkpoint_meta["config"])
     source = data or cfg.data
     ds = prepare_data(source, dataset=cfg.dataset if data is None else None, image_size=model.image_size,
                       skip_bad_images=cfg.skip_bad_images, progress=progress)
@@ -90,20 +104,84 @@ def evaluate(checkpoint: str | Path, data: str | None = None, *, tta: bool = Fal
         raise UserError(f"the classes of {source} ({len(ds.classes)}: {', '.join(ds.classes[:4])}...) differ from "
                         f"the checkpoint's ({len(model.classes)}: {', '.join(model.classes[:4])}...)")
     prec = resolve_precision(precision, dev)
-    loader = DeviceLoader(ds.test_images, ds.test_labels, batch_size=batch_size, device=dev, train=False,
-                          mean=model.mean, std=model.std,
-                          dtype=torch.bfloat16 if prec == "bf16" else torch.float32)
-    metrics = run_eval(model, loader, len(model.classes), device=dev, precision=prec, tta=tta)
-    metrics["classes"] = list(model.classes)
-    metrics["checkpoint"] = str(checkpoint)
-    metrics["data"] = str(source)
-    metrics["tta"] = tta
+    loader = eval_loader(ds.test_images, ds.test_labels, device=dev, precision=prec, mean=model.mean,
+                         std=model.std, batch_size=batch_size)
+    metrics = evaluate_loader(model, loader, len(model.classes), device=dev, precision=prec, tta=tta)
+    metrics.update(classes=list(model.classes), checkpoint=str(checkpoint), data=str(source), tta=tta)
     if out is not None:
-        from .plots import plot_confusion
-        from .train.rundir import write_json
-
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "metrics.json", metrics)
         plot_confusion(torch.tensor(metrics["confusion"]), model.classes, out / "confusion.png")
     return metrics
+
+
+def predict_files(checkpoint: str | Path, inputs: Sequence[str | Path], *, top_k: int = 5, tta: bool = False,
+                  batch_size: int = 256, device: str = "auto"
+                  ) -> tuple[list[Prediction], list[tuple[str, str]], nn.Module]:
+    """Classify files, folders (recursively) and glob patterns with a checkpoint.
+
+    Returns ``(predictions, failures, model)``: unreadable files are ``(path, reason)`` failures,
+    not errors, so one bad file never stops the rest.
+    """
+    if top_k < 1 or batch_size < 1:
+        raise UserError("--top-k and --batch-size must be at least 1")
+    paths = expand_inputs(inputs)
+    model = load_checkpoint(checkpoint, resolve_device(device))
+    preds, failures = predict_paths(model, paths, top_k=top_k, tta=tta, batch_size=batch_size)
+    return preds, failures, model
+
+
+def export(checkpoint: str | Path, fmt: str, out: str | Path | None = None) -> ExportResult:
+    """Export a checkpoint to ONNX, TorchScript or safetensors, verified against the eager model."""
+    return export_checkpoint(checkpoint, fmt, out)
+
+
+# ---------------------------------------------------------------------------------- models
+def model_summary(name: str, input_size: tuple[int, int] | None = None, num_classes: int | None = None,
+                  in_channels: int | None = None) -> dict[str, Any]:
+    """Per-stage shapes, parameters and FLOPs of a registered model (built on the meta device).
+
+    Returns ``family``, ``num_classes`` and ``summary`` (:class:`resnetkit.analysis.ModelSummary`).
+    """
+    info = model_info(name)  # an unknown name fails here, with suggestions
+    channels = in_channels or info.input_size[0]
+    hw = tuple(input_size) if input_size else tuple(info.input_size[1:])
+    model = meta_model(name, num_classes=num_classes, in_channels=in_channels)
+    return {"family": info.family, "num_classes": model.num_classes,
+            "summary": summarize(model, (channels, *hw), name=name)}
+
+
+# ---------------------------------------------------------------------------------- benchmarks
+def bench_throughput(model: str, data: str = "synthetic", *, progress: bool = False, **options: Any) -> dict:
+    """Images/s of resnetkit's pipeline, the tutorial's and the ceiling, in one run (a report dict)."""
+    ds = prepare_data(data, progress=progress)
+    rows = throughput(model, ds, **options)
+    by = {r.name: r for r in rows}
+    report: dict[str, Any] = {"mode": "throughput", "model": model, "data": data, "machine": machine_info(),
+                              "rows": [r.__dict__ for r in rows]}
+    if "tutorial" in by:
+        report["resnetkit_over_tutorial"] = by["resnetkit"].images_per_s / by["tutorial"].images_per_s
+    report["resnetkit_over_ceiling"] = by["resnetkit"].images_per_s / by["ceiling"].images_per_s
+    return report
+
+
+def bench_time_to_accuracy(recipe: str, data: str, seeds: list[int], out_root: str, **options: Any) -> dict:
+    """A recipe with a fixed budget over ``seeds``: mean +- std of accuracy and time (a report dict)."""
+    report = time_to_accuracy(recipe, data, seeds, out_root, **options)
+    report["machine"] = machine_info()
+    return report
+
+
+def machine_info() -> dict[str, Any]:
+    """The device name, torch version and CPU threads that a benchmark ran with."""
+    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or platform.machine()
+    return {"device": dev, "torch": torch.__version__, "threads": torch.get_num_threads()}
+
+
+def save_json(path: str | Path, obj: Any) -> Path:
+    """Write ``obj`` as JSON to ``path`` atomically (folders created; NaN as ``null``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, obj)
+    return path

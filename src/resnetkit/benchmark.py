@@ -16,18 +16,23 @@ from __future__ import annotations
 import logging
 import statistics
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 from .data.dataset import ImageData
 from .data.loader import DeviceLoader
+from .data.prepare import prepare_data
 from .models import create_model
-from .train.device import autocast, resolve_channels_last, resolve_device, resolve_precision
-from .train.optim import build_sgd
+from .runtime.device import autocast, resolve_channels_last, resolve_device, resolve_precision, synchronize
+from .runtime.loaders import batch_dtype
+from .training.config import resolve_config
+from .training.optim import build_sgd
+from .training.trainer import fit
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +47,6 @@ class Throughput:
     step_ms: float
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _time_steps(model: nn.Module, opt: torch.optim.Optimizer, batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
                 device: torch.device, precision: str, warmup: int, steps: int,
                 prepare: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
@@ -55,7 +55,7 @@ def _time_steps(model: nn.Module, opt: torch.optim.Optimizer, batches: Iterator[
     times = []
     model.train()
     for i in range(warmup + steps):
-        _sync(device)
+        synchronize(device)
         t0 = time.perf_counter()
         x, y = next(batches)
         if prepare is not None:
@@ -65,7 +65,7 @@ def _time_steps(model: nn.Module, opt: torch.optim.Optimizer, batches: Iterator[
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        _sync(device)
+        synchronize(device)
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     return times
@@ -88,8 +88,7 @@ def _fresh(model_name: str, num_classes: int, device: torch.device, channels_las
 
 def tutorial_loader(data: ImageData, batch_size: int = 128):
     """The tutorial's input pipeline over ``data``'s training images (PIL per image, 0 workers)."""
-    import torchvision.transforms as T
-    from PIL import Image
+    import torchvision.transforms as T  # deferred: importing torchvision costs seconds
 
     tf = T.Compose([T.RandomCrop(data.image_size, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
                     T.Normalize(data.mean, data.std)])
@@ -113,7 +112,7 @@ def throughput(model_name: str, data: ImageData, *, device: str = "auto", precis
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     cl = resolve_channels_last(channels_last, dev, prec)
-    dtype = torch.bfloat16 if prec == "bf16" else torch.float32
+    dtype = batch_dtype(prec)
     results = []
 
     def record(name: str, bs: int, p: str, c: bool, times: list[float]) -> None:
@@ -184,10 +183,6 @@ def time_to_accuracy(recipe: str, data_source: str, seeds: list[int], out_root: 
     epochs by a calibration before the first run), no early stopping and no epoch picking on the
     test set; the reported accuracy is each run's final test top-1. Compile time is apart.
     """
-    from .api import train
-    from .data.prepare import prepare_data
-    from .train.config import resolve_config
-
     cfg = resolve_config(recipe, data=data_source, **overrides)
     data = prepare_data(data_source, dataset=cfg.dataset, image_size=cfg.image_size, progress=progress)
     if budget_seconds is not None:
@@ -196,8 +191,9 @@ def time_to_accuracy(recipe: str, data_source: str, seeds: list[int], out_root: 
         log.info("budget %.0f s -> %.2f epochs", budget_seconds, epochs)
     runs = []
     for seed in seeds:
-        r = train(recipe=recipe, data=data_source, seed=seed, epochs=epochs, eval_every=0,
-                  out=f"{out_root}/seed{seed}", overwrite=True, progress=progress, **overrides)
+        run_cfg = resolve_config(recipe, data=data_source, seed=seed, epochs=epochs, eval_every=0,
+                                 out=f"{out_root}/seed{seed}", overwrite=True, **overrides)
+        r = fit(run_cfg, progress=progress)
         runs.append(SeedRun(seed, r.test_top1, r.train_seconds, r.compile_seconds, r.prep_seconds,
                             r.wall_seconds, float(r.config["epochs"])))
     acc_m, acc_s = mean_std([r.top1 for r in runs])

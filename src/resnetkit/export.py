@@ -14,35 +14,39 @@ onnxscript and safetensors are the optional extra ``resnetkit[export]``.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
-import contextlib
-import os
-import secrets
 import time
 import warnings
 import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
 
+from .checkpoint import (
+    CheckpointError,
+    decode_metadata,
+    encode_metadata,
+    load_model,
+    model_metadata,
+    read_safetensors,
+)
 from .errors import UserError
+from .io import atomic_path
 
 log = logging.getLogger(__name__)
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript", "safetensors": ".safetensors"}
-MARKER = "resnetkit-export"
-MARKER_VERSION = 1
 TOLERANCE = 1e-4  # largest absolute difference of logits allowed against eager fp32
 VERIFY_BATCHES = (1, 3)
-INPUT_NAME, OUTPUT_NAME = "input", "logits"
+INPUT_NAME, OUTPUT_NAME = "input", "logits"  # as recorded by checkpoint.model_metadata
 TS_META_FILE = "resnetkit.json"  # the TorchScript archive's extra file holding the metadata
-_JSON_KEYS = ("format_version", "model_kwargs", "classes", "mean", "std", "image_size", "in_channels", "config")
-_REQUIRED = ("model_name", "model_kwargs", "classes", "mean", "std", "image_size")
 _NEEDS = {"onnx": ("onnx", "onnxscript", "onnxruntime"), "torchscript": (), "safetensors": ("safetensors",)}
 
 
@@ -68,55 +72,18 @@ def _require(module: str, what: str) -> Any:
                           f"pip install 'resnetkit[export]'") from None
 
 
-def export_metadata(model: nn.Module) -> dict[str, Any]:
-    """The metadata every export carries, from a model made by :func:`resnetkit.load_checkpoint`."""
-    spec = getattr(model, "spec", None)
-    if spec is None or not hasattr(model, "classes"):
-        raise ExportError("export needs a model from resnetkit.load_checkpoint (it carries the model name, "
-                          "classes, mean, std and image size that the export records)")
-    meta: dict[str, Any] = {
-        "format": MARKER, "format_version": MARKER_VERSION,
-        "model_name": spec["name"], "model_kwargs": dict(spec["kwargs"]),
-        "classes": list(model.classes), "mean": [float(v) for v in model.mean],
-        "std": [float(v) for v in model.std], "image_size": int(model.image_size),
-        "in_channels": int(getattr(model, "in_channels", 3)),
-        "input_name": INPUT_NAME, "output_name": OUTPUT_NAME,
-        "preprocessing": "RGB, shorter side resized to image_size then centre-cropped; (x/255 - mean)/std",
-    }
-    config = getattr(model, "checkpoint_meta", {}).get("config")
-    if config is not None:
-        meta["config"] = config
-    return meta
-
-
-def _encode(meta: dict[str, Any]) -> dict[str, str]:
-    """String key/value pairs (ONNX metadata_props, safetensors header): JSON for non-strings."""
-    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
+def _metadata(model: nn.Module) -> dict[str, Any]:
+    try:
+        return model_metadata(model)
+    except CheckpointError as e:
+        raise ExportError(str(e)) from None
 
 
 def _decode(raw: dict[str, str], path: Path) -> dict[str, Any]:
-    """Check the marker and required keys of string metadata and decode its JSON values."""
-    if raw.get("format") != MARKER:
-        raise ExportError(f"{path} has no resnetkit metadata; a file of bare weights can start training "
-                          f"with --pretrained but cannot be loaded as a model")
-    meta: dict[str, Any] = dict(raw)
     try:
-        for k in _JSON_KEYS:
-            if k in raw:
-                meta[k] = json.loads(raw[k])
-        missing = [k for k in _REQUIRED if k not in meta]
-        if missing:
-            raise ValueError(f"missing {', '.join(missing)}")
-        if int(meta["format_version"]) > MARKER_VERSION:
-            raise ExportError(f"{path} was written by a newer resnetkit (format {meta['format_version']}); upgrade resnetkit")
-        ok = (isinstance(meta["model_kwargs"], dict) and isinstance(meta["classes"], list)
-              and all(isinstance(c, str) for c in meta["classes"]) and len(meta["mean"]) == len(meta["std"])
-              and int(meta["image_size"]) > 0)
-        if not ok:
-            raise ValueError("values of the wrong type")
-    except (ValueError, TypeError, KeyError) as e:
-        raise ExportError(f"{path} has damaged resnetkit metadata ({e})") from None
-    return meta
+        return decode_metadata(raw, path)
+    except CheckpointError as e:
+        raise ExportError(str(e)) from None
 
 
 def _example(meta: dict[str, Any], batch: int, seed: int = 0) -> torch.Tensor:
@@ -150,7 +117,7 @@ def _write_onnx(model: nn.Module, path: Path, meta: dict[str, Any]) -> None:
                                     input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], optimize=True,
                                     verbose=False)
     proto = program.model_proto
-    for key, value in _encode(meta).items():
+    for key, value in encode_metadata(meta).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     proto.doc_string = f"resnetkit {meta['model_name']}: {len(meta['classes'])} classes"
@@ -167,7 +134,7 @@ def _write_torchscript(model: nn.Module, path: Path, meta: dict[str, Any]) -> No
 def _write_safetensors(model: nn.Module, path: Path, meta: dict[str, Any]) -> None:
     st = _require("safetensors.torch", "safetensors export")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    st.save_file(state, str(path), metadata=_encode(meta))
+    st.save_file(state, str(path), metadata=encode_metadata(meta))
 
 
 # ------------------------------------------------------------------------------ readers (verification)
@@ -188,9 +155,7 @@ def _run_torchscript(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 def _run_safetensors(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
-    from .api import load_checkpoint
-
-    return load_checkpoint(path)
+    return load_model(path)
 
 
 _WRITERS = {"onnx": _write_onnx, "torchscript": _write_torchscript, "safetensors": _write_safetensors}
@@ -234,27 +199,24 @@ def export_model(model: nn.Module, fmt: str, out: str | Path) -> ExportResult:
         raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     for module in _NEEDS[fmt]:
         _require(module, f"{fmt} export")
-    meta = export_metadata(model)
+    meta = _metadata(model)
     model = model.float().cpu().eval()
     out = Path(out)
     if not out.parent.is_dir():
         raise ExportError(f"cannot write {out}: the folder {out.parent} does not exist")
     t0 = time.perf_counter()
-    # a fresh name the writer creates itself, so the file gets the usual permissions (umask)
-    tmp = out.parent / f".{out.name}.{secrets.token_hex(6)}.tmp{FORMATS[fmt]}"
     try:
-        with _quiet_exporter_logs():
-            _guarded(f"could not export {meta['model_name']} to {fmt}", out, lambda: _WRITERS[fmt](model, tmp, meta))
-        diff = _guarded(f"could not load the {fmt} export back to check it", out,
-                        lambda: _max_diff(model, _RUNNERS[fmt](tmp), meta))
-        if not diff <= TOLERANCE:
-            raise ExportError(f"the {fmt} export for {out} gives outputs that differ from the model's by {diff:.2e} "
-                              f"(more than {TOLERANCE:g}), so it was not written")
-        os.replace(tmp, out)
+        with atomic_path(out, suffix=f".tmp{FORMATS[fmt]}") as tmp:
+            with _quiet_exporter_logs():
+                _guarded(f"could not export {meta['model_name']} to {fmt}", out,
+                         lambda: _WRITERS[fmt](model, tmp, meta))
+            diff = _guarded(f"could not load the {fmt} export back to check it", out,
+                            lambda: _max_diff(model, _RUNNERS[fmt](tmp), meta))
+            if not diff <= TOLERANCE:
+                raise ExportError(f"the {fmt} export for {out} gives outputs that differ from the model's by "
+                                  f"{diff:.2e} (more than {TOLERANCE:g}), so it was not written")
     except OSError as e:
         raise ExportError(f"cannot write {out}: {e.strerror or e}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
     seconds = time.perf_counter() - t0
     log.debug("wrote %s (%s, verified: max |diff| %.2e at batch sizes %s, %.1fs)", out, fmt, diff,
               "/".join(map(str, VERIFY_BATCHES)), seconds)
@@ -267,30 +229,11 @@ def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path | None =
         raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     for module in _NEEDS[fmt]:  # fail before the (slow) load when a package is missing
         _require(module, f"{fmt} export")
-    from .api import load_checkpoint
-
     checkpoint = Path(checkpoint)
     target = Path(out) if out is not None else checkpoint.with_suffix(FORMATS[fmt])
     if target.exists() and checkpoint.exists() and target.resolve() == checkpoint.resolve():
         raise ExportError(f"--out {target} is the checkpoint itself; choose another file name")
-    return export_model(load_checkpoint(checkpoint, "cpu"), fmt, target)
-
-
-def load_safetensors_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """``(metadata, state_dict)`` of a safetensors export, for :func:`resnetkit.load_checkpoint`."""
-    path = Path(path)
-    _require("safetensors", f"reading {path}")
-    from safetensors import safe_open
-
-    if not path.is_file():
-        raise ExportError(f"{path} does not exist" if not path.exists() else f"{path} is not a file")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            raw = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors raises its own error types for a damaged header or data
-        raise ExportError(f"{path} is not a readable safetensors file ({str(e)[:160]})") from None
-    return _decode(raw, path), state
+    return export_model(load_model(checkpoint, "cpu"), fmt, target)
 
 
 def read_export_metadata(path: str | Path) -> dict[str, Any]:
@@ -303,7 +246,11 @@ def read_export_metadata(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ExportError(f"{path} does not exist" if not path.exists() else f"{path} is not a file")
     if path.suffix == ".safetensors":
-        return load_safetensors_checkpoint(path)[0]
+        _require("safetensors", f"reading {path}")
+        try:
+            return _decode(read_safetensors(path)[0], path)
+        except CheckpointError as e:
+            raise ExportError(str(e)) from None
     if path.suffix == ".onnx":
         onnx = _require("onnx", f"reading {path}")
         try:
@@ -321,4 +268,4 @@ def read_export_metadata(path: str | Path) -> dict[str, Any]:
         raise ExportError(f"{path} is not a readable TorchScript archive ({type(e).__name__})") from None
     if not isinstance(meta, dict):
         raise ExportError(f"{path} has damaged resnetkit metadata (not a JSON object)")
-    return _decode(_encode(meta), path)
+    return _decode(encode_metadata(meta), path)

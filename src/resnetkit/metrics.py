@@ -6,7 +6,7 @@ per-sample Python). Accuracies are fractions in [0, 1].
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -116,6 +116,20 @@ class MetricAccumulator:
         self._loss_sum = self._loss_sum + loss_sum
         cm = confusion_matrix(top[:, 0], targets, self.num_classes)
         self._cm = cm if self._cm is None else self._cm + cm
+
+    def all_reduce(self, reduce: Callable[[torch.Tensor], torch.Tensor], device: torch.device) -> None:
+        """Replace the running totals by their sum over processes; ``reduce`` all-reduces a flat tensor.
+
+        A process that saw no batch contributes zeros (the eval loader shards without padding).
+        """
+        c = self.num_classes
+        cm = self._cm if self._cm is not None else torch.zeros(c, c, dtype=torch.long, device=device)
+        scalars = torch.stack([torch.as_tensor(self._loss_sum, dtype=torch.float64, device=cm.device),
+                               torch.as_tensor(self._topk_hits, device=cm.device).double()])
+        flat = reduce(torch.cat([scalars, cm.double().flatten()]))
+        self._loss_sum = flat[0]
+        self._topk_hits = flat[1].round().long()
+        self._cm = flat[2:].round().long().view(c, c)
 
     @property
     def count(self) -> int:

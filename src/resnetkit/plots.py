@@ -8,8 +8,9 @@ and in threads. Accuracies are taken as fractions in [0, 1] and drawn as percent
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -1,6 +1,6 @@
 """Images in, labels and probabilities out, seeing each image exactly as training did.
 
-Files are decoded by the image-folder reader of :mod:`resnetkit.data.folder` (same JPEG decoder,
+Files are decoded by :mod:`resnetkit.data.images`, as the image-folder reader does (same JPEG decoder,
 mode conversion and shorter-side resize + centre crop), and normalised with the checkpoint's
 mean/std by :func:`resnetkit.data.augment.normalize`, so a prediction here agrees with
 ``resnetkit.evaluate`` on the same pixels. Logits are fp32; ``tta`` averages the logits of each
@@ -14,22 +14,20 @@ import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torch import nn
 
 from .data.augment import normalize
-from .data.folder import decode_files, fit_image  # training's decoder and resize: the same pixels
+from .data.images import decode_images, fit_image, image_extensions, pil_to_rgb  # training's own decoding
 from .errors import UserError
-from .train.engine import predict_logits
+from .runtime.inference import predict_logits
 
 log = logging.getLogger(__name__)
 
-ImageInput = Union[Image.Image, str, Path, torch.Tensor]
-_GREY16 = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+ImageInput = Image.Image | str | Path | torch.Tensor
 
 
 @dataclass
@@ -47,31 +45,9 @@ class Prediction:
                 "topk": [{"label": c, "prob": p} for c, p in self.topk]}
 
 
-def pil_to_uint8(img: Image.Image) -> torch.Tensor:
-    """A PIL image of any mode -> uint8 ``(3, H, W)`` RGB, converted as the folder reader does
-    (``data.folder._pil_rgb``, which works on file bytes; this is its in-memory twin).
-
-    EXIF orientation is applied; 16-bit grey is scaled by 255/65535 (not clipped); alpha is
-    dropped (torchvision's loader convention, which training follows).
-    """
-    img = ImageOps.exif_transpose(img)
-    if img.mode in _GREY16:
-        grey = np.rint(np.clip(np.asarray(img, dtype=np.float64), 0, 65535) / 257.0).astype(np.uint8)
-        arr = np.repeat(grey[..., None], 3, axis=2)
-    else:
-        arr = np.array(img.convert("RGB"))
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
-
-
-def image_extensions() -> frozenset[str]:
-    """File extensions of every format Pillow can read (as the image-folder reader accepts)."""
-    Image.init()
-    return frozenset(ext.lower() for ext in Image.registered_extensions())
-
-
 def load_image(path: str | Path, size: int) -> torch.Tensor:
     """One image file -> uint8 ``(3, size, size)``; an unreadable file is a UserError naming it."""
-    result = decode_files([Path(path)], size)[0]
+    result = decode_images([Path(path)], size)[0]
     if isinstance(result, str):
         raise UserError(f"cannot read image {path}: {result}")
     return result
@@ -106,7 +82,7 @@ def _item(i: int, item: Any, size: int) -> tuple[str, torch.Tensor]:
     if isinstance(item, (str, Path)):
         return str(item), load_image(item, size)
     if isinstance(item, Image.Image):
-        return getattr(item, "filename", "") or f"image[{i}]", fit_image(pil_to_uint8(item), size)
+        return getattr(item, "filename", "") or f"image[{i}]", fit_image(pil_to_rgb(item), size)
     if isinstance(item, torch.Tensor):
         x = _check_tensor(item)
         if len(x) != 1:
@@ -218,7 +194,7 @@ def predict_paths(model: nn.Module, paths: Sequence[str | Path], top_k: int = 5,
     for start in range(0, len(paths), step):
         chunk = [Path(p) for p in paths[start:start + step]]
         good: list[tuple[str, torch.Tensor]] = []
-        for path, result in zip(chunk, decode_files(chunk, size)):
+        for path, result in zip(chunk, decode_images(chunk, size)):
             if isinstance(result, str):
                 log.debug("cannot read image %s: %s", path, result)
                 failures.append((str(path), result))
@@ -270,11 +246,11 @@ def _display(img: ImageInput, size: int | None) -> torch.Tensor:
             return load_image(img, size)
         try:
             with Image.open(img) as im:
-                return pil_to_uint8(im)
+                return pil_to_rgb(im)
         except OSError as e:
             raise UserError(f"cannot read image {img}: {e}") from None
     if isinstance(img, Image.Image):
-        x = pil_to_uint8(img)
+        x = pil_to_rgb(img)
     else:
         x = _check_tensor(img)[0].cpu()
         x = (x.float().clamp(0, 1) * 255).round().to(torch.uint8) if x.is_floating_point() else x
@@ -288,7 +264,7 @@ def draw_grid(predictions: Sequence[Prediction], images: Sequence[ImageInput], o
     ``images`` are aligned with ``predictions`` (paths, PIL images or image tensors); they are
     shown as the model saw them when ``size`` is given (the checkpoint's image size).
     """
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # deferred: matplotlib costs a second to import
 
     n = min(len(predictions), len(images), max_images)
     if n == 0:

@@ -77,7 +77,9 @@ def test_train_batches_are_valid_crops_and_flips_of_their_sources() -> None:
 
 def test_seed_reproducible_and_independent_of_global_rng() -> None:
     x, y = _data()
-    make = lambda seed: DeviceLoader(x, y, batch_size=50, seed=seed, augment=AugmentConfig(cutout=2))
+    def make(seed: int) -> DeviceLoader:
+        return DeviceLoader(x, y, batch_size=50, seed=seed, augment=AugmentConfig(cutout=2))
+
     a = _epoch(make(7), 1)
     torch.manual_seed(999)
     torch.rand(10)
@@ -148,7 +150,7 @@ def test_eval_mode_serves_every_image_once_in_order_unaugmented() -> None:
     assert loader.num_samples == 101
     inputs = torch.cat([b for b, _ in batches])
     assert torch.equal(inputs, normalize(x, (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)))
-    assert torch.equal(torch.cat([l for _, l in batches]), y)
+    assert torch.equal(torch.cat([lab for _, lab in batches]), y)
 
 
 @pytest.mark.parametrize("world", [2, 3])

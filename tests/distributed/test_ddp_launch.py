@@ -10,7 +10,15 @@ from pathlib import Path
 
 import pytest
 from ddp_helpers import (
-    TRAIN_ARGS, Reference, assert_same_state, free_port, load_dumps, rank_env, run, torchrun, wait_until_gone,
+    TRAIN_ARGS,
+    Reference,
+    assert_same_state,
+    free_port,
+    load_dumps,
+    rank_env,
+    run,
+    torchrun,
+    wait_until_gone,
 )
 
 pytestmark = pytest.mark.slow

@@ -14,11 +14,21 @@ from pathlib import Path
 
 import pytest
 from ddp_helpers import (
-    EPOCHS, STEPS_PER_EPOCH, TRAIN_ARGS, Reference, assert_same_state, check, load_dumps, processes_with_marker,
-    rank_env, run, torchrun, wait_until_gone,
+    EPOCHS,
+    STEPS_PER_EPOCH,
+    TRAIN_ARGS,
+    Reference,
+    assert_same_state,
+    check,
+    load_dumps,
+    processes_with_marker,
+    rank_env,
+    run,
+    torchrun,
+    wait_until_gone,
 )
 
-from resnetkit.train.checkpoint import peek
+from resnetkit.checkpoint import peek
 
 pytestmark = pytest.mark.slow
 

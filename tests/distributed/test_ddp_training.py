@@ -9,17 +9,27 @@ from pathlib import Path
 import pytest
 import torch
 from ddp_helpers import (
-    EPOCHS, GN_MODEL, STEPS_PER_EPOCH, TRAIN_ARGS, Reference, assert_same_state, check, gn_model_info, load_dumps,
-    rank_env, run, torchrun,
+    EPOCHS,
+    GN_MODEL,
+    STEPS_PER_EPOCH,
+    TRAIN_ARGS,
+    Reference,
+    assert_same_state,
+    check,
+    gn_model_info,
+    load_dumps,
+    rank_env,
+    run,
+    torchrun,
 )
 
 import resnetkit
+from resnetkit.checkpoint import peek
 from resnetkit.errors import UserError
 from resnetkit.models import registry
-from resnetkit.train.checkpoint import peek
-from resnetkit.train.config import resolve_config
-from resnetkit.train.distributed import DistContext
-from resnetkit.train.setup import build
+from resnetkit.training.config import resolve_config
+from resnetkit.training.distributed import DistContext
+from resnetkit.training.setup import build
 
 pytestmark = pytest.mark.slow
 
@@ -90,7 +100,7 @@ def test_two_ranks_log_the_losses_of_one_process_on_the_same_global_batch(tmp_pa
 def test_resume_with_another_world_size_is_refused(ddp_reference: Reference, tmp_path: Path) -> None:
     shutil.copy(ddp_reference.out / "last.pt", tmp_path / "last.pt")
     with pytest.raises(UserError, match=r"saved with 2 process\(es\) and is resumed with 1"):
-        resnetkit.train(resume=tmp_path / "last.pt", epochs=EPOCHS + 1)
+        resnetkit.resume(tmp_path / "last.pt", epochs=EPOCHS + 1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # nothing written
 
 

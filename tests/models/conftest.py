@@ -3,7 +3,7 @@ processes for cores make a forward pass ten times slower, while one thread stays
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 import torch

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from resnetkit.train.checkpoint import peek
+from resnetkit.checkpoint import peek
 
 BASE: dict[str, Any] = dict(
     model="resnet20", data="synthetic:256", image_size=16, batch_size=32, epochs=4, seed=3,

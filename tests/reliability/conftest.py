@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import torch
 
 import resnetkit
 import resnetkit.plots
-from resnetkit.train import rundir
+from resnetkit.training import rundir
 
 from ._helpers import BASE
 

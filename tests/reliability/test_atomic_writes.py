@@ -14,9 +14,9 @@ import pytest
 import torch
 
 import resnetkit
+from resnetkit.checkpoint import CheckpointError, atomic_save, peek, safe_load
 from resnetkit.errors import UserError
-from resnetkit.train import rundir
-from resnetkit.train.checkpoint import CheckpointError, atomic_save, peek, safe_load
+from resnetkit.training import rundir
 
 from ._helpers import BASE, differing, step_losses, weights
 
@@ -103,7 +103,7 @@ def test_disk_full_during_a_run_stops_it_with_the_last_checkpoint_intact(
     assert peek(out / "last.pt")["global_step"] == 8  # the end-of-epoch-1 checkpoint
     assert [s for s, _ in step_losses(out)] == list(range(9))  # it stopped at step 9: nothing trained after
     assert [p.name for p in out.glob(".*")] == []
-    resnetkit.train(resume=out)  # space is back: the run finishes as if nothing had happened
+    resnetkit.resume(out)  # space is back: the run finishes as if nothing had happened
     assert step_losses(out) == step_losses(reference["run"])
     assert differing(weights(out / "last.pt"), weights(reference["run"] / "last.pt")) == []
 

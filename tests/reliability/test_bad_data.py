@@ -9,17 +9,17 @@ import json
 import logging
 import os
 import pickle
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
 from PIL import Image
 
 import resnetkit
+from resnetkit.checkpoint import peek
 from resnetkit.cli import main
 from resnetkit.errors import UserError
-from resnetkit.train.checkpoint import peek
 
 from ._helpers import BASE, error_lines, run_files
 

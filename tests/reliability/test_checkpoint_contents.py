@@ -10,11 +10,11 @@ import numpy as np
 import torch
 
 import resnetkit
+from resnetkit.checkpoint import FORMAT, atomic_save, safe_load
 from resnetkit.data import loader as loader_mod
 from resnetkit.data.loader import DeviceLoader
 from resnetkit.data.synthetic import CLASSES
-from resnetkit.train.checkpoint import FORMAT, atomic_save, safe_load
-from resnetkit.train.device import rng_state, set_rng_state
+from resnetkit.runtime.device import rng_state, set_rng_state
 
 from ._helpers import BASE, differing
 

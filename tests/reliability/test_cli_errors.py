@@ -12,7 +12,7 @@ import pytest
 
 from resnetkit.cli import main
 from resnetkit.models import list_models
-from resnetkit.train.config import RECIPES
+from resnetkit.training.config import RECIPES
 
 from ._helpers import error_lines, run_cli, run_files
 

@@ -13,7 +13,7 @@ import resnetkit
 
 from ._helpers import BASE, differing, step_losses, weights
 
-run_mod = importlib.import_module("resnetkit.train.run")  # resnetkit.train is also a function
+run_mod = importlib.import_module("resnetkit.training.trainer")
 ONE_EPOCH = {**BASE, "epochs": 1}
 
 

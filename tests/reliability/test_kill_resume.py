@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import resnetkit
-from resnetkit.train.checkpoint import peek
+from resnetkit.checkpoint import peek
 
 from ._helpers import TOTAL_STEPS, cli_args, differing, error_lines, spawn, step_losses, wait_for_step, weights
 
@@ -54,7 +54,7 @@ def stopped(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
 
 
 def finish_and_compare(run: Path, reference: Path) -> None:
-    resnetkit.train(resume=run)
+    resnetkit.resume(run)
     assert step_losses(run) == step_losses(reference)
     assert differing(weights(run / "last.pt"), weights(reference / "last.pt")) == []
     assert [p.name for p in run.glob(".*.tmp")] == []  # a killed writer's temp file is cleaned up

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 import resnetkit
-from resnetkit.train import rundir
-from resnetkit.train.checkpoint import peek
-from resnetkit.train.engine import NonFiniteLossError
+from resnetkit.checkpoint import peek
+from resnetkit.training import rundir
+from resnetkit.training.loop import NonFiniteLossError
 
 from ._helpers import BASE, differing, step_losses, weights
 
@@ -66,7 +66,7 @@ def test_nan_loss_at_a_known_step(reference: dict, saves: list[dict], tmp_path: 
     losses = step_losses(out)
     assert [s for s, _ in losses] == list(range(11)) and all(v == v for _, v in losses)
     monkeypatch.undo()  # the fault was transient: resuming from last.pt finishes the run exactly
-    resnetkit.train(resume=out)
+    resnetkit.resume(out)
     assert differing(weights(out / "last.pt"), weights(reference["run"] / "last.pt")) == []
 
 

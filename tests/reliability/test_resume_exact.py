@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 import resnetkit
+from resnetkit.checkpoint import peek
 from resnetkit.errors import UserError
-from resnetkit.train.checkpoint import peek
 
 from ._helpers import BASE, STEPS_PER_EPOCH, TOTAL_STEPS, differing, optimizer_differing, run_cli, step_losses
 
@@ -53,7 +53,7 @@ def test_resume_from_a_mid_epoch_checkpoint(reference: dict, tmp_path: Path, at:
     ckpt = peek(run / "last.pt")
     assert (ckpt["epoch"], ckpt["step_in_epoch"]) == divmod(at, STEPS_PER_EPOCH) and not ckpt["epoch_done"]
     assert [s for s, _ in step_losses(run)] == list(range(at))  # steps are written with each checkpoint
-    resnetkit.train(resume=run)
+    resnetkit.resume(run)
     assert_same_as_reference(run, reference["run"])
 
 
@@ -61,12 +61,12 @@ def test_stop_point_is_not_inherited_and_settings_cannot_change(reference: dict,
     run = tmp_path / "run"
     shutil.copytree(reference["at25"], run)
     with pytest.raises(UserError, match="cannot change batch_size, lr"):
-        resnetkit.train(resume=run, lr=0.5, batch_size=64)
+        resnetkit.resume(run, lr=0.5, batch_size=64)
     assert peek(run / "last.pt")["global_step"] == 25  # nothing was written by the refused call
-    paused = resnetkit.train(resume=run, stop_after_steps=29)  # mid-epoch 4: no half-epoch row
+    paused = resnetkit.resume(run, stop_after_steps=29)  # mid-epoch 4: no half-epoch row
     ckpt = peek(run / "last.pt")
     assert (ckpt["global_step"], ckpt["epoch"], ckpt["step_in_epoch"], ckpt["epoch_done"]) == (29, 3, 5, False)
     assert ckpt["config"]["stop_after_steps"] == 29 and [r["epoch"] for r in paused.history] == [1, 2, 3]
-    resnetkit.train(resume=run)  # the stop at 29 is not inherited: it runs to the end
+    resnetkit.resume(run)  # the stop at 29 is not inherited: it runs to the end
     assert_same_as_reference(run, reference["run"])
     assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]

@@ -15,10 +15,10 @@ import pytest
 import torch
 
 import resnetkit
+from resnetkit.checkpoint import FORMAT, CheckpointError, peek
 from resnetkit.cli import main
 from resnetkit.data.prepare import prepare_data
 from resnetkit.errors import UserError
-from resnetkit.train.checkpoint import FORMAT, CheckpointError, peek
 
 from ._helpers import BASE, error_lines
 
@@ -51,7 +51,7 @@ def entry_points(path: Path, run_dir: Path, tmp: Path) -> dict:
         "peek": lambda: peek(path),
         "load_checkpoint": lambda: resnetkit.load_checkpoint(path),
         "evaluate": lambda: resnetkit.evaluate(path, "synthetic:64"),
-        "resume": lambda: resnetkit.train(resume=run_dir),
+        "resume": lambda: resnetkit.resume(run_dir),
         "pretrained": lambda: resnetkit.train(**BASE, pretrained=str(path), out=str(tmp / "ft")),
     }
 

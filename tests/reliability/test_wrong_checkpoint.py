@@ -14,13 +14,13 @@ import torch
 from PIL import Image
 
 import resnetkit
+from resnetkit.checkpoint import CheckpointError, peek
 from resnetkit.errors import UserError
 from resnetkit.models import create_model
-from resnetkit.train.checkpoint import CheckpointError, peek
 
 from ._helpers import BASE, differing, weights
 
-setup_mod = importlib.import_module("resnetkit.train.setup")
+setup_mod = importlib.import_module("resnetkit.training.setup")
 
 
 def image_folder(root: Path, classes: tuple[str, ...], per_class: int = 12) -> Path:
@@ -56,7 +56,7 @@ def test_resuming_into_another_architecture_names_the_mismatch(reference: dict, 
     run = edited_copy(reference["at25"], tmp_path / "run", **change)
     before = snapshot(run)
     with pytest.raises(CheckpointError) as info:
-        resnetkit.train(resume=run)
+        resnetkit.resume(run)
     assert str(info.value).startswith("the checkpoint does not fit this model: ") and words in str(info.value)
     assert snapshot(run) == before  # not a byte or a timestamp changed
 
@@ -70,7 +70,7 @@ def test_resuming_after_the_data_changed_names_the_classes(tmp_path: Path) -> No
 
     image_folder(data, ("gnu",))  # a class was added
     with pytest.raises(CheckpointError) as info:
-        resnetkit.train(resume=run)
+        resnetkit.resume(run)
     assert "class count differs at fc.weight: checkpoint (3, 32) vs model (4, 32)" in str(info.value)
     assert snapshot(run) == before
 
@@ -78,7 +78,7 @@ def test_resuming_after_the_data_changed_names_the_classes(tmp_path: Path) -> No
     for split in ("train", "test"):  # same count, other names: the labels would silently mean other things
         (data / split / "fox").rename(data / split / "owl")
     with pytest.raises(UserError) as info:
-        resnetkit.train(resume=run)
+        resnetkit.resume(run)
     assert str(info.value) == (f"cannot resume {run}: its data {data} now has classes ['cat', 'dog', 'owl'], but "
                                f"the checkpoint was trained on ['cat', 'dog', 'fox']; start a new run instead")
     assert snapshot(run) == before

@@ -1,6 +1,8 @@
 """The ``resnetkit`` command line: the only place that parses arguments or prints for humans.
 
-Each subcommand lives in its own module exposing ``add_parser(subparsers)`` and ``run(args)``.
+Each subcommand lives in its own module exposing ``add_parser(subparsers)``, which sets the
+function that runs it (``main(args)``, or one per mode). The library is reached only through
+:mod:`resnetkit.api`.
 Errors a user can cause (:class:`resnetkit.errors.UserError`) end in one sentence on stderr and
 exit code 2, never a traceback.
 """
@@ -12,6 +14,7 @@ import importlib
 import logging
 import sys
 
+from .. import api
 from ..errors import UserError
 
 # subcommand name -> module under resnetkit.cli (imported lazily so --help stays fast)
@@ -36,9 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="resnetkit",
         description="Residual networks in PyTorch: train, evaluate, predict, export and analyse.",
     )
-    from .. import __version__
-
-    parser.add_argument("--version", action="version", version=f"resnetkit {__version__}")
+    parser.add_argument("--version", action="version", version=f"resnetkit {api.__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
-from pathlib import Path
+
+from .. import api
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -46,42 +46,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     a.set_defaults(func=run_tta)
 
 
-def _write(path: str, obj: dict) -> None:
-    from ..train.rundir import write_json
-
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    write_json(p, obj)
-
-
-def _machine() -> dict:
-    import torch
-
-    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or platform.machine()
-    return {"device": dev, "torch": torch.__version__, "threads": torch.get_num_threads()}
-
-
 def run_throughput(args: argparse.Namespace) -> int:
-    from ..benchmark import throughput
-    from ..data.prepare import prepare_data
-
-    data = prepare_data(args.data, progress=sys.stderr.isatty())
-    rows = throughput(args.model, data, device=args.device, precision=args.precision, batch_size=args.batch_size,
-                      channels_last=args.channels_last,
-                      steps=args.steps, warmup=args.warmup, include_tutorial=not args.no_tutorial,
-                      tutorial_batch_size=args.tutorial_batch_size)
-    by = {r.name: r for r in rows}
-    out = {"mode": "throughput", "model": args.model, "data": args.data, "machine": _machine(),
-           "rows": [r.__dict__ for r in rows]}
-    if "tutorial" in by:
-        out["resnetkit_over_tutorial"] = by["resnetkit"].images_per_s / by["tutorial"].images_per_s
-    out["resnetkit_over_ceiling"] = by["resnetkit"].images_per_s / by["ceiling"].images_per_s
-    _write(args.json, out)
+    out = api.bench_throughput(args.model, args.data, progress=sys.stderr.isatty(), device=args.device,
+                               precision=args.precision, batch_size=args.batch_size,
+                               channels_last=args.channels_last, steps=args.steps, warmup=args.warmup,
+                               include_tutorial=not args.no_tutorial, tutorial_batch_size=args.tutorial_batch_size)
+    api.save_json(args.json, out)
     print(f"throughput of {args.model} on {args.data} ({out['machine']['device']}, torch {out['machine']['torch']})")
     print(f"{'pipeline':<10} {'batch':>5} {'precision':>9} {'layout':>13} {'img/s':>8} {'step ms':>8}")
-    for r in rows:
-        print(f"{r.name:<10} {r.batch_size:>5} {r.precision:>9} {'channels_last' if r.channels_last else 'contiguous':>13}"
-              f" {r.images_per_s:>8.0f} {r.step_ms:>8.1f}")
+    for r in out["rows"]:
+        layout = "channels_last" if r["channels_last"] else "contiguous"
+        print(f"{r['name']:<10} {r['batch_size']:>5} {r['precision']:>9} {layout:>13}"
+              f" {r['images_per_s']:>8.0f} {r['step_ms']:>8.1f}")
     if "resnetkit_over_tutorial" in out:
         print(f"resnetkit / tutorial = {out['resnetkit_over_tutorial']:.2f}x")
     print(f"resnetkit / ceiling  = {out['resnetkit_over_ceiling']:.2f}")
@@ -89,14 +65,11 @@ def run_throughput(args: argparse.Namespace) -> int:
 
 
 def run_tta(args: argparse.Namespace) -> int:
-    from ..benchmark import time_to_accuracy
-
     overrides = {k: getattr(args, k) for k in ("model", "batch_size", "lr", "device", "compile", "max_steps")
                  if getattr(args, k) is not None}
-    res = time_to_accuracy(args.recipe, args.data, list(range(args.seeds)), args.out, epochs=args.epochs,
-                           budget_seconds=args.budget_seconds, progress=sys.stderr.isatty(), **overrides)
-    res["machine"] = _machine()
-    _write(args.json, res)
+    res = api.bench_time_to_accuracy(args.recipe, args.data, list(range(args.seeds)), args.out, epochs=args.epochs,
+                                     budget_seconds=args.budget_seconds, progress=sys.stderr.isatty(), **overrides)
+    api.save_json(args.json, res)
     print(json.dumps({k: v for k, v in res.items() if k != "runs"}, default=str))
     print(f"{'seed':>4} {'epochs':>7} {'top-1':>7} {'train s':>8} {'compile s':>9} {'prep s':>7}")
     for r in res["runs"]:

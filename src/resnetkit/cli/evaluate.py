@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from .. import api
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -21,19 +23,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--out", help="where to write metrics.json and confusion.png (default: CHECKPOINT_DIR/eval)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=main)
 
 
-def run(args: argparse.Namespace) -> int:
-    from ..api import evaluate
-
+def main(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "eval"
-    m = evaluate(args.checkpoint, args.data, tta=args.tta, device=args.device, batch_size=args.batch_size,
+    m = api.evaluate(args.checkpoint, args.data, tta=args.tta, device=args.device, batch_size=args.batch_size,
                  precision=args.precision, out=out, progress=sys.stderr.isatty())
     width = max(len(c) for c in m["classes"])
     print(f"{'class':<{width}}  accuracy")
     for c, a in zip(m["classes"], m["per_class"]):
-        print(f"{c:<{width}}  {a:8.2%}")
+        print(f"{c:<{width}}  {'-' if a is None or a != a else format(a, '8.2%'):>8}")  # '-': no test images
     print(f"top-1 {m['top1']:.2%}  top-5 {m['top5']:.2%}  loss {m['loss']:.4f}  images {m['count']}"
           f"{'  (flip TTA)' if m['tta'] else ''}")
     print(f"wrote {out / 'metrics.json'} and {out / 'confusion.png'}")

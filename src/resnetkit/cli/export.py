@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .. import api
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -17,13 +19,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", required=True, choices=["onnx", "torchscript", "safetensors"])
     p.add_argument("--out", help="output file (default: the checkpoint's path with .onnx, .torchscript or "
                                  ".safetensors)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=main)
 
 
-def run(args: argparse.Namespace) -> int:
-    from ..export import export_checkpoint
-
-    result = export_checkpoint(args.checkpoint, args.format, args.out)
+def main(args: argparse.Namespace) -> int:
+    result = api.export(args.checkpoint, args.format, args.out)
     print(f"wrote {result.path} ({result.format}; max |diff| vs eager {result.max_abs_diff:.2e} at batch sizes "
           f"1 and 3; {result.seconds:.1f}s)")
     return 0

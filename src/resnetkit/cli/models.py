@@ -7,8 +7,10 @@ Both print for humans; the numbers come from :mod:`resnetkit.analysis` (FLOPs co
 from __future__ import annotations
 
 import argparse
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
+from .. import api
 from ..errors import UserError
 
 FLOPS_NOTE = "FLOPs for one image; a multiply-add counts as 2 FLOPs (torch FlopCounterMode)"
@@ -47,7 +49,7 @@ def add_parser(subparsers: Any) -> None:
         "pattern", nargs="?", default=None,
         help="filter names: a shell pattern ('resnet*', 'wrn??_*') or a substring ('cifar')",
     )
-    p.set_defaults(func=run)
+    p.set_defaults(func=run_models)
 
     s = subparsers.add_parser(
         "summary",
@@ -62,14 +64,7 @@ def add_parser(subparsers: Any) -> None:
                    help="classifier outputs (default: the model's; 0 removes the classifier)")
     s.add_argument("--in-channels", type=_positive, default=None,
                    help="input image channels (default: 3)")
-    s.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    """Dispatch on the subcommand name."""
-    if args.command == "summary":
-        return run_summary(args)
-    return run_models(args)
+    s.set_defaults(func=run_summary)
 
 
 def _format_params(n: int) -> str:
@@ -94,9 +89,7 @@ def _table(header: Sequence[str], rows: list[Sequence[str]], right: set[int]) ->
 
 def run_models(args: argparse.Namespace) -> int:
     """Print the model table."""
-    from ..analysis import model_table
-
-    rows = model_table(args.pattern)
+    rows = api.model_table(args.pattern)
     if not rows:
         raise UserError(f"no registered model matches {args.pattern!r}; run 'resnetkit models' to list them all")
     lines = _table(
@@ -113,15 +106,10 @@ def run_models(args: argparse.Namespace) -> int:
 
 def run_summary(args: argparse.Namespace) -> int:
     """Print one model's per-stage summary and totals."""
-    from ..analysis import meta_model, summarize
-    from ..models import model_info
-
-    info = model_info(args.name)  # an unknown name fails here, with suggestions
-    channels = args.in_channels or info.input_size[0]
-    hw = tuple(args.input_size) if args.input_size else tuple(info.input_size[1:])
     # shapes and FLOPs need no weights: built on the meta device, nothing is allocated
-    model = meta_model(args.name, num_classes=args.num_classes, in_channels=args.in_channels)
-    s = summarize(model, (channels, *hw), name=args.name)
+    found = api.model_summary(args.name, input_size=args.input_size, num_classes=args.num_classes,
+                              in_channels=args.in_channels)
+    s = found["summary"]
 
     total = s.total_flops or 1
     lines = _table(
@@ -130,8 +118,8 @@ def run_summary(args: argparse.Namespace) -> int:
          for r in s.stages],
         right={2, 3, 4},
     )
-    classes = f"{model.num_classes} classes" if model.num_classes else "no classifier (features only)"
-    print(f"{args.name}: {info.family}, input {_format_size(s.input_size)}, {classes}")
+    classes = f"{found['num_classes']} classes" if found["num_classes"] else "no classifier (features only)"
+    print(f"{args.name}: {found['family']}, input {_format_size(s.input_size)}, {classes}")
     print()
     print("\n".join(lines))
     print()

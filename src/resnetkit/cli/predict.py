@@ -7,6 +7,8 @@ import csv
 import json
 import sys
 
+from .. import api
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -24,7 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--grid", metavar="OUT.png", help="also save a grid of the images with their labels")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
-    p.set_defaults(func=run)
+    p.set_defaults(func=main)
 
 
 def _table(preds: list) -> None:
@@ -43,17 +45,9 @@ def _csv(preds: list, k: int) -> None:
         w.writerow([p.source, p.label, p.index, f"{p.prob:.6f}"] + [v for c, q in p.topk for v in (c, f"{q:.6f}")])
 
 
-def run(args: argparse.Namespace) -> int:
-    from ..api import load_checkpoint
-    from ..errors import UserError
-    from ..predict import draw_grid, expand_inputs, predict_paths
-    from ..train.device import resolve_device
-
-    if args.top_k < 1 or args.batch_size < 1:
-        raise UserError("--top-k and --batch-size must be at least 1")
-    paths = expand_inputs(args.inputs)
-    model = load_checkpoint(args.checkpoint, resolve_device(args.device))
-    preds, failures = predict_paths(model, paths, top_k=args.top_k, tta=args.tta, batch_size=args.batch_size)
+def main(args: argparse.Namespace) -> int:
+    preds, failures, model = api.predict_files(args.checkpoint, args.inputs, top_k=args.top_k, tta=args.tta,
+                                               batch_size=args.batch_size, device=args.device)
     if args.format == "json":
         print(json.dumps({"predictions": [p.to_dict() for p in preds],
                           "failures": [{"path": f, "reason": r} for f, r in failures]}, indent=2))
@@ -65,9 +59,9 @@ def run(args: argparse.Namespace) -> int:
     for path, reason in failures:
         print(f"resnetkit predict: cannot read {path}: {reason}", file=sys.stderr)
     if args.grid and preds:
-        out = draw_grid(preds, [p.source for p in preds], args.grid, size=model.image_size)
+        out = api.draw_grid(preds, [p.source for p in preds], args.grid, size=model.image_size)
         print(f"wrote {out}", file=sys.stderr)
     if failures:
-        print(f"resnetkit predict: {len(failures)} of {len(paths)} file(s) could not be read", file=sys.stderr)
+        print(f"resnetkit predict: {len(failures)} of {len(preds) + len(failures)} file(s) could not be read", file=sys.stderr)
         return 1
     return 0

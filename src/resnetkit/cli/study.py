@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from .. import api
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -68,9 +70,7 @@ def _common(p: argparse.ArgumentParser, default_out: str) -> None:
 
 
 def run_degradation(args: argparse.Namespace) -> int:
-    from ..study.degradation import run_degradation as study
-
-    r = study(args.depths, args.data, out=args.out, epochs=args.epochs, budget_minutes=args.budget_minutes,
+    r = api.study_degradation(args.depths, args.data, out=args.out, epochs=args.epochs, budget_minutes=args.budget_minutes,
               subset=args.subset, test_subset=args.test_subset, train_eval=args.train_eval, seed=args.seed,
               batch_size=args.batch_size, zero_init_residual=args.zero_init_residual,
               image_size=args.image_size, device=args.device,
@@ -93,9 +93,7 @@ def run_degradation(args: argparse.Namespace) -> int:
 
 
 def run_gradients(args: argparse.Namespace) -> int:
-    from ..study.gradients import run_gradients as study
-
-    r = study(args.model, args.data, out=args.out, steps=args.steps, record_every=args.record_every,
+    r = api.study_gradients(args.model, args.data, out=args.out, steps=args.steps, record_every=args.record_every,
               compare=args.compare, seed=args.seed, batch_size=args.batch_size, image_size=args.image_size,
               device=args.device, precision=args.precision, overwrite=args.overwrite,
               progress=sys.stderr.isatty())

@@ -9,11 +9,11 @@ import signal
 import subprocess
 import sys
 
-from ..train.config import list_recipes
+from .. import api
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    recipes = "; ".join(f"{r.name}: {r.doc}" for r in list_recipes())
+    recipes = "; ".join(f"{r.name}: {r.doc}" for r in api.list_recipes())
     p = sub.add_parser(
         "train", help="train a model and write a run directory",
         description="Train a ResNet. Flags override the recipe's values. Recipes -- " + recipes,
@@ -77,7 +77,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--sync-bn", action="store_true", default=None, help="SyncBatchNorm across processes")
     r.add_argument("--tensorboard", action="store_true", default=None, help="also log to RUN_DIR/tb")
     r.add_argument("--nproc", type=int, help="launch N local processes with torchrun (DDP)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=main)
 
 
 MODEL_OPTIONS = ("zero_init_residual", "drop_rate", "shortcut", "width_mult")
@@ -116,9 +116,7 @@ def _launch_torchrun(nproc: int) -> int:
             signal.signal(s, h)
 
 
-def run(args: argparse.Namespace) -> int:
-    from ..api import train
-
+def main(args: argparse.Namespace) -> int:
     if args.nproc and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         return _launch_torchrun(args.nproc)
     if int(os.environ.get("RANK", "0")) != 0 and not args.verbose:
@@ -129,16 +127,13 @@ def run(args: argparse.Namespace) -> int:
         options["model_kwargs"] = model_kwargs
     progress = sys.stderr.isatty()
     if args.resume:
-        from ..train.run import fit
-
-        # every flag given goes to fit (not api.train, whose model/data parameters would swallow
-        # them), so one that a resume cannot change is refused, not silently ignored
+        # every flag given goes to resume, so one that a resume cannot change is refused, not ignored
         given = {k: v for k, v in options.items() if v is not None}
         if args.recipe is not None:
             given["recipe"] = args.recipe
-        result = fit(resume=args.resume, resume_overrides=given, progress=progress)
+        result = api.resume(args.resume, progress=progress, **given)
     else:
-        result = train(recipe=args.recipe, progress=progress, **options)
+        result = api.train(recipe=args.recipe, progress=progress, **options)
     if int(os.environ.get("RANK", "0")) == 0:
         t = result.test
         print(f"resnetkit train: {result.config['model']} on {result.config['data']}: test top-1 {t['top1']:.2%}, "

@@ -12,12 +12,12 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 
+from ..io import atomic_write
 from .dataset import ImageData
 
 logger = logging.getLogger(__name__)
@@ -143,22 +143,9 @@ def save_cached(path: Path, data: ImageData) -> None:
         "fingerprint": data.fingerprint,
         "skipped": list(data.skipped),
     }
-    tmp_name = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-        tmp_name = None
+        atomic_write(path, lambda f: torch.save(payload, f))
         logger.info("wrote cache %s", path)
     except OSError as exc:  # an unwritable cache costs speed next time, not this run
         logger.warning("could not write cache %s (%s); continuing without it", path, exc)
-    finally:
-        if tmp_name is not None:
-            try:
-                os.unlink(tmp_name)
-            except OSError:
-                pass

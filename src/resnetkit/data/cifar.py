@@ -13,9 +13,7 @@ import io
 import logging
 import os
 import pickle
-import socket
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
 import zlib
@@ -27,6 +25,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..io import atomic_write
 from .cache import Splits
 
 logger = logging.getLogger(__name__)
@@ -245,22 +244,21 @@ def download_cifar(kind: str, dest: Path, *, url: str | None = None, md5: str | 
     except OSError as exc:
         raise UserError(f"Cannot create {dest.parent} for the {spec.title} download ({exc}); choose a "
                         f"writable location.") from None
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    try:
-        digest = hashlib.md5(usedforsecurity=False)
-        with os.fdopen(fd, "wb") as out:
-            _fetch(url, out, digest, spec, dest, progress, timeout)
-            out.flush()
-            os.fsync(out.fileno())
+    digest = hashlib.md5(usedforsecurity=False)
+
+    def fetch(out: Any) -> None:
+        _fetch(url, out, digest, spec, dest, progress, timeout)
         if digest.hexdigest() != md5:
             raise UserError(f"The file downloaded from {url} has md5 {digest.hexdigest()} instead of {md5}, so it "
                             f"was discarded; try again or put the official {spec.archive} at {dest}.")
-        os.replace(tmp, dest)
-        logger.info("downloaded %s to %s", url, dest)
-        return dest
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+    try:
+        atomic_write(dest, fetch, suffix=".part")
+    except OSError as exc:
+        raise UserError(f"Could not write the {spec.title} download to {dest} ({exc}); free some space or "
+                        f"choose another location.") from None
+    logger.info("downloaded %s to %s", url, dest)
+    return dest
 
 
 def _fetch(url: str, out: Any, digest: Any, spec: CifarSpec, dest: Path, progress: bool, timeout: float) -> None:
@@ -285,7 +283,7 @@ def _fetch(url: str, out: Any, digest: Any, spec: CifarSpec, dest: Path, progres
     except urllib.error.HTTPError as exc:
         raise UserError(f"Downloading {spec.title} from {url} failed with HTTP {exc.code}; download it by other "
                         f"means and put it at {dest}.") from None
-    except (urllib.error.URLError, socket.timeout, ConnectionError, OSError) as exc:
+    except (TimeoutError, urllib.error.URLError, ConnectionError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise UserError(f"Downloading {spec.title} failed because the network is unreachable ({reason}); "
                         f"download {url} by other means and put it at {dest}.") from None

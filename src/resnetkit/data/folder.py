@@ -10,39 +10,31 @@ antialias, as Pillow) and centre-cropped. Pillow's ``MAX_IMAGE_PIXELS`` limit ap
 from __future__ import annotations
 
 import bz2
-import functools
 import gzip
-import io
 import logging
 import lzma
 import os
 import tarfile
 import zipfile
 import zlib
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image, ImageOps
+from tqdm import tqdm
 
 from ..errors import UserError
 from .cache import Splits
+from .images import Ref, decode_images, image_extensions, image_size
 
 logger = logging.getLogger(__name__)
 
 MAX_DEFAULT_SIZE = 224  # default S is the first image's shorter side, capped here (ImageNet size)
 CHUNK = 256  # images per decode task: few enough tasks to keep pool overhead negligible
 _JUNK = {"thumbs.db", "desktop.ini", "__macosx"}
-_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
-Ref = bytes | Path  # an image's bytes (archives) or its file (folders, read by the workers)
-
-
-class BadImage(Exception):
-    """One file that cannot become an image; the message says why."""
 
 
 def _ignored(rel: str) -> bool:
@@ -138,8 +130,7 @@ def _archive_entries(source: Path) -> Iterator[tuple[str, bytes | None]]:
 
 def _list_source(source: Path) -> tuple[dict[str, Ref], set[str]]:
     """Every candidate image (relative path -> bytes or file) and every folder of the source."""
-    Image.init()  # registers every format Pillow can read, so any of their extensions is an image
-    exts = {ext.lower() for ext in Image.registered_extensions()}
+    exts = image_extensions()  # every format Pillow can read: any of their extensions is an image
     files: dict[str, Ref] = {}
     dirs: set[str] = set()
 
@@ -213,130 +204,12 @@ def _collect(source: Path, files: dict[str, Ref], dirs: set[str], root: str,
     return classes, [sorted((rel, index[c]) for c, rels in split.items() for rel in rels) for split in per_split]
 
 
-def _jpeg_info(data: bytes) -> tuple[int, int, int] | None:
-    """(width, height, components) from a JPEG's frame header, or ``None`` if not a plain JPEG."""
-    if not data.startswith(b"\xff\xd8"):
-        return None
-    i, n = 2, len(data)
-    while i + 4 <= n:
-        if data[i] != 0xFF:
-            return None
-        marker = data[i + 1]
-        if marker == 0xFF or marker == 0x01 or 0xD0 <= marker <= 0xD7:  # fill byte / markers without length
-            i += 1 if marker == 0xFF else 2
-            continue
-        if marker in _SOF:
-            if i + 10 > n:
-                return None
-            return int.from_bytes(data[i + 7:i + 9], "big"), int.from_bytes(data[i + 5:i + 7], "big"), data[i + 9]
-        if marker == 0xDA:  # start of scan before any frame header
-            return None
-        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
-    return None
-
-
-def _too_big(width: int, height: int) -> bool:
-    limit = Image.MAX_IMAGE_PIXELS
-    return limit is not None and width * height > limit
-
-
-def _pil_rgb(data: bytes) -> torch.Tensor:
-    """Any Pillow-readable image -> uint8 (3, H, W); 16-bit grey is scaled by 255/65535, not clipped."""
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            if _too_big(*im.size):
-                raise BadImage(f"decompression bomb ({im.size[0]}x{im.size[1]} pixels)")
-            im = ImageOps.exif_transpose(im)
-            if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-                grey = np.rint(np.clip(np.asarray(im, dtype=np.float64), 0, 65535) / 257.0).astype(np.uint8)
-                arr = np.repeat(grey[..., None], 3, axis=2)
-            else:  # palette, grey, CMYK, ... via Pillow; alpha is dropped, as torchvision's loader does
-                arr = np.array(im.convert("RGB"))
-    except BadImage:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise BadImage(f"decompression bomb ({exc})") from None
-    except Image.UnidentifiedImageError:
-        raise BadImage("empty file" if not data else "not an image Pillow can read") from None
-    except Exception as exc:
-        raise BadImage(f"{type(exc).__name__}: {exc}") from None
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
-
-
-def _fit(img: torch.Tensor, size: int) -> torch.Tensor:
-    """Resize the shorter side to ``size`` (bilinear, antialias: Pillow's BILINEAR), centre-crop."""
-    h, w = img.shape[-2:]
-    if h == size and w == size:
-        return img
-    scale = size / min(h, w)
-    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-    out = F.interpolate(img[None], size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)[0]
-    top, left = (nh - size) // 2, (nw - size) // 2
-    return out[:, top:top + size, left:left + size]
-
-
-@functools.lru_cache(maxsize=1)
-def _jpeg_op() -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """torchvision's JPEG decoder op (RGB, EXIF orientation applied), or ``None`` if unavailable.
-
-    The op is called directly because torchvision 0.29's public ``decode_jpeg`` wrapper warns on
-    every call that its image codecs are deprecated; if they go away, Pillow decodes everything.
-    """
-    try:
-        import torchvision.io  # noqa: F401  (loads the image extension that registers the op)
-
-        op = torch.ops.image.decode_jpeg
-        rgb = torchvision.io.ImageReadMode.RGB.value
-        return lambda data: op(data, rgb, True)
-    except Exception:  # no torchvision image extension: slower, same pixels
-        logger.debug("torchvision's JPEG decoder is unavailable; decoding JPEGs with Pillow")
-        return None
-
-
-def _decode_chunk(refs: list[Ref], size: int) -> list[torch.Tensor | str]:
-    """Decode one chunk: each item becomes a (3, size, size) tensor or the reason it is bad."""
-    datas: list[bytes | str] = []
-    for ref in refs:
-        try:
-            datas.append(ref.read_bytes() if isinstance(ref, Path) else ref)
-        except OSError as exc:
-            datas.append(f"unreadable ({exc.strerror or exc})")
-    results: list[torch.Tensor | str | None] = [None] * len(refs)
-    fast: list[int] = []
-    for i, data in enumerate(datas):
-        info = _jpeg_info(data) if isinstance(data, bytes) else None
-        if info is not None and _too_big(info[0], info[1]):
-            results[i] = f"decompression bomb ({info[0]}x{info[1]} pixels)"
-        elif info is not None and info[2] in (1, 3):  # grey or YCbCr; CMYK goes to Pillow
-            fast.append(i)
-    decode = _jpeg_op() if fast else None
-    if decode is not None:
-        for i in fast:
-            try:
-                results[i] = decode(torch.frombuffer(bytearray(datas[i]), dtype=torch.uint8))  # type: ignore[arg-type]
-            except Exception:  # corrupt or unusual JPEG: Pillow decides below
-                pass
-    for i, data in enumerate(datas):
-        if results[i] is None and isinstance(data, bytes):
-            try:
-                results[i] = _pil_rgb(data)
-            except BadImage as exc:
-                results[i] = str(exc)
-        elif results[i] is None:
-            results[i] = data
-    return [_fit(r, size) if isinstance(r, torch.Tensor) else r for r in results]  # type: ignore[misc]
-
-
 def _first_size(refs: list[Ref]) -> int:
     """The shorter side of the first readable image, capped at ``MAX_DEFAULT_SIZE``."""
     for ref in refs:
         try:
             data = ref.read_bytes() if isinstance(ref, Path) else ref
-            info = _jpeg_info(data)
-            if info is not None:
-                return min(info[0], info[1], MAX_DEFAULT_SIZE)
-            with Image.open(io.BytesIO(data)) as im:
-                return min(*im.size, MAX_DEFAULT_SIZE)
+            return min(*image_size(data), MAX_DEFAULT_SIZE)
         except Exception:  # a bad first file is reported with the others later
             continue
     return MAX_DEFAULT_SIZE
@@ -361,7 +234,7 @@ def load_folder(source: Path, *, image_size: int | None = None, skip_bad_images:
 
     def run(idx: range) -> tuple[int, list[tuple[int, str]]]:
         bads = []
-        for i, result in zip(idx, _decode_chunk([refs[i] for i in idx], size)):
+        for i, result in zip(idx, decode_images([refs[i] for i in idx], size)):
             if isinstance(result, str):
                 bads.append((i, result))
             else:
@@ -371,8 +244,6 @@ def load_folder(source: Path, *, image_size: int | None = None, skip_bad_images:
     bad: list[tuple[int, str]] = []
     bar = None
     if progress:
-        from tqdm import tqdm
-
         bar = tqdm(total=n, unit="img", desc=f"decoding {source.name}")
     try:
         with ThreadPoolExecutor(max(1, workers or os.cpu_count() or 1)) as pool:
@@ -383,7 +254,7 @@ def load_folder(source: Path, *, image_size: int | None = None, skip_bad_images:
     finally:
         if bar is not None:
             bar.close()
-    del refs
+    refs.clear()  # the encoded bytes are no longer needed
     labels = torch.tensor([label for _, label in entries], dtype=torch.int64)
     skipped = [_name(source, entries[i][0]) for i, _ in bad]
     for path, (_, reason) in zip(skipped, bad):
@@ -402,9 +273,3 @@ def load_folder(source: Path, *, image_size: int | None = None, skip_bad_images:
         return Splits(classes, images[:cut], labels[:cut], images[cut:], labels[cut:], [])
     return Splits(classes, images[:cut][keep[:cut]], labels[:cut][keep[:cut]],
                   images[cut:][keep[cut:]], labels[cut:][keep[cut:]], skipped)
-
-
-# Public names for other readers of images (prediction) so they decode and resize exactly as
-# training did, without reaching into this module's private helpers.
-decode_files = _decode_chunk
-fit_image = _fit

@@ -10,7 +10,7 @@ state dicts load unchanged into the post-activation ImageNet models.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

@@ -9,7 +9,7 @@ and the plain twins from ``plain=True``.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

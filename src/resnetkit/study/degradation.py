@@ -1,6 +1,6 @@
 """The degradation study: plain vs residual networks of several depths (He et al. 2015, Figure 6).
 
-Every network is trained by resnetkit's own training path (:func:`resnetkit.train.run.fit`) with
+Every network is trained by resnetkit's own training path (:func:`resnetkit.training.trainer.fit`) with
 one fixed recipe, the same data, the same seed and the same number of iterations (the paper's
 curves compare networks at equal iterations; an equal *time* split would hand the shallow nets
 ~3x more steps and bias the comparison). Two training errors are recorded after every epoch:
@@ -39,15 +39,23 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
+from ..checkpoint import load_model
 from ..data.dataset import ImageData
+from ..data.prepare import prepare_data
 from ..errors import UserError
+from ..io import write_json
 from ..models import create_model, list_models
-from ..train.config import TrainConfig, resolve_config
+from ..runtime.device import resolve_device, resolve_precision
+from ..runtime.inference import evaluate
+from ..runtime.loaders import eval_loader
+from ..training.config import TrainConfig, resolve_config
+from ..training.trainer import fit
 
 log = logging.getLogger(__name__)
 
@@ -172,16 +180,11 @@ def curves_from_history(history: list[dict], train_eval_error: list[float] | Non
 def error_on(checkpoint: str | Path, images: torch.Tensor, labels: torch.Tensor, *, device: str = "auto",
              precision: str = "auto", batch_size: int = 256) -> float:
     """Top-1 error of a run's checkpoint on ``images`` (uint8), without augmentation, in eval mode."""
-    from ..api import load_checkpoint
-    from ..data.loader import DeviceLoader
-    from ..train.device import resolve_device, resolve_precision
-    from ..train.engine import evaluate
-
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
-    model = load_checkpoint(checkpoint, device=dev)
-    loader = DeviceLoader(images, labels, batch_size=batch_size, device=dev, train=False,
-                          mean=model.mean, std=model.std, dtype=torch.bfloat16 if prec == "bf16" else torch.float32)
+    model = load_model(checkpoint, device=dev)
+    loader = eval_loader(images, labels, device=dev, precision=prec, mean=model.mean, std=model.std,
+                         batch_size=batch_size)
     return 1.0 - float(evaluate(model, loader, len(model.classes), device=dev, precision=prec)["top1"])
 
 
@@ -229,7 +232,7 @@ def degradation_verdict(networks: list[dict]) -> dict[str, Any]:
 
 def plot_degradation(report: dict, path: str | Path) -> None:
     """Figure 6 of the paper: plain nets left, ResNets right; dashed training error, solid test error."""
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # deferred: matplotlib costs a second to import
 
     fig = Figure(figsize=(11, 4.2), dpi=100)
     axes = fig.subplots(1, 2, sharey=True)
@@ -277,11 +280,6 @@ def run_degradation(depths: Sequence[int], data: str = "synthetic", *, out: str 
     fixed training images (0: none) is measured in eval mode.
     Returns the report that ``degradation.json`` holds.
     """
-    from ..data.prepare import prepare_data
-    from ..train.device import resolve_device, resolve_precision
-    from ..train.rundir import write_json
-    from ..train.run import fit
-
     t0 = time.perf_counter()
     depths = check_depths(depths)
     if budget_minutes is not None and budget_minutes <= 0:

@@ -7,21 +7,31 @@ BatchNorm (Yang et al. 2019, "A Mean Field Theory of Batch Normalization") predi
 plain BN nets have *exploding* gradients at initialisation, growing towards the input. This module
 measures both: :class:`GradientRecorder` reads ``.grad`` after each backward pass and hooks every
 residual block's output, while the model trains the first steps of the study recipe through the
-engine (:func:`resnetkit.train.engine.train_epoch`).
+engine (:func:`resnetkit.training.loop.train_epoch`).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
+from ..checkpoint import unwrap
 from ..data.dataset import ImageData
+from ..data.prepare import prepare_data
 from ..errors import UserError
+from ..io import write_json
+from ..models import model_info
+from ..training.config import resolve_config
+from ..training.distributed import DistContext
+from ..training.loop import StepState, train_epoch
+from ..training.schedule import apply_lr, lr_factor
+from ..training.setup import build
 from .degradation import STUDY_RECIPE, WARMUP_ITERS
 
 log = logging.getLogger(__name__)
@@ -71,7 +81,7 @@ class GradientRecorder:
     def block_names(self) -> list[str]:
         return [name for name, _ in self.blocks]
 
-    def attach(self) -> "GradientRecorder":
+    def attach(self) -> GradientRecorder:
         """Hook every block so its latest output RMS is kept (no-op if already attached)."""
         if not self._handles:
             for name, module in self.blocks:
@@ -83,7 +93,7 @@ class GradientRecorder:
             h.remove()
         self._handles.clear()
 
-    def __enter__(self) -> "GradientRecorder":
+    def __enter__(self) -> GradientRecorder:
         return self.attach()
 
     def __exit__(self, *exc: object) -> None:
@@ -148,13 +158,6 @@ def record_network(model: str, data: ImageData, source: str, *, plain: bool | No
     The learning rate follows the study's first steps: linear warmup over
     :data:`~resnetkit.study.degradation.WARMUP_ITERS` iterations to 0.1, then constant.
     """
-    from ..train.checkpoint import unwrap
-    from ..train.config import resolve_config
-    from ..train.distributed import DistContext
-    from ..train.engine import StepState, train_epoch
-    from ..train.schedule import apply_lr, lr_factor
-    from ..train.setup import build
-
     steps_per_epoch = len(data.train_labels) // batch_size
     if steps_per_epoch < 1:
         raise UserError(f"batch size {batch_size} is larger than the {len(data.train_labels)} training images")
@@ -202,6 +205,7 @@ def record_network(model: str, data: ImageData, source: str, *, plain: bool | No
 
 def plot_gradients(report: dict[str, Any], path: str | Path) -> None:
     """Top row: gradient norm vs layer (log), one line per recorded step; bottom: block output RMS."""
+    # deferred: matplotlib costs a second to import
     from matplotlib import colormaps
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
@@ -239,10 +243,6 @@ def run_gradients(model: str, data: str = "synthetic", *, out: str | Path, steps
 
     Writes ``gradients.json`` and ``gradients.png`` under ``out`` and returns the report.
     """
-    from ..data.prepare import prepare_data
-    from ..models import model_info
-    from ..train.rundir import write_json
-
     if steps < 1 or record_every < 1:
         raise UserError(f"--steps and --record-every must be at least 1, got {steps} and {record_every}")
     model_info(model)  # an unknown name fails here, before any data is prepared

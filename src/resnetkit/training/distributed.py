@@ -29,9 +29,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..checkpoint import unwrap
 from ..errors import UserError
-from .checkpoint import unwrap
-from .engine import EpochStats
+from .loop import EpochStats
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class DistContext:
         for buf in unwrap(model).buffers():
             dist.broadcast(buf, src=0)
 
-    def stop_vote(self) -> "StopVote":
+    def stop_vote(self) -> StopVote:
         return StopVote(self)
 
 

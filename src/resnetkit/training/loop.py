@@ -1,25 +1,23 @@
-"""The inner loops: one training epoch and one evaluation pass.
+"""The inner training loop: one epoch of steps, with the non-finite checks.
 
-Kept free of run bookkeeping (directories, checkpoints, logging): :mod:`resnetkit.train.run`
-drives these. Losses and counts accumulate on the device and are read once per epoch, so the
+Kept free of run bookkeeping (directories, checkpoints, logging): :mod:`resnetkit.training.trainer`
+drives it; evaluation lives in :mod:`resnetkit.runtime.inference`. Losses and counts accumulate on the device and are read once per epoch, so the
 loop does not synchronise a GPU on every step; the non-finite check is the exception, made cheap
 by checking a stacked window of losses every few steps on CUDA and every step on CPU.
 """
 
 from __future__ import annotations
 
-import math
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
-from ..metrics import confusion_matrix
-from .device import autocast
+from ..runtime.device import autocast, synchronize
 
 
 class NonFiniteLossError(UserError):
@@ -48,11 +46,6 @@ class EpochStats:
         return self.images / self.seconds if self.seconds > 0 else 0.0
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def train_epoch(
     model: nn.Module,
     loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -64,7 +57,7 @@ def train_epoch(
     label_smoothing: float,
     set_lr: Callable[[int], float],
     max_steps: int | None = None,
-    after_step: Callable[[StepState, "_Probe"], bool] | None = None,
+    after_step: Callable[[StepState, _Probe], bool] | None = None,
     record_steps: bool = False,
     reduce_loss: Callable[[torch.Tensor], torch.Tensor] | None = None,
     check_every: int | None = None,
@@ -87,7 +80,7 @@ def train_epoch(
     seen = 0
     window: list[torch.Tensor] = []
     step_losses: list[float] = []
-    _sync(device)
+    synchronize(device)
     t0 = time.perf_counter()
     for x, y in loader:
         if max_steps is not None and state.global_step >= max_steps:
@@ -118,7 +111,7 @@ def train_epoch(
                 break
     if window:
         _check_finite(window, state)
-    _sync(device)
+    synchronize(device)
     seconds = time.perf_counter() - t0
     total = max(seen, 1)
     return EpochStats(float(loss_sum) / total, float(correct) / total, seen, seconds, step_losses)
@@ -185,61 +178,3 @@ def check_weights_finite(model: nn.Module, state: StepState) -> None:
         f"the weights became non-finite by step {state.global_step} (first: {first}); "
         f"stopped without saving them (last.pt keeps the last good state): lower --lr or check the data"
     )
-
-
-@torch.no_grad()
-def predict_logits(model: nn.Module, x: torch.Tensor, device: torch.device, precision: str,
-                   tta: bool = False) -> torch.Tensor:
-    """Logits (fp32); with ``tta`` the mean of the image and its horizontal mirror."""
-    with autocast(device, precision):
-        logits = model(x).float()
-        if tta:
-            logits = 0.5 * (logits + model(torch.flip(x, dims=[3])).float())
-    return logits
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    num_classes: int,
-    *,
-    device: torch.device,
-    precision: str,
-    tta: bool = False,
-    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
-) -> dict:
-    """Loss, top-1, top-5, per-class accuracy and the confusion matrix over ``loader``.
-
-    ``reduce`` sums a flat tensor across processes (distributed evaluation); every image is
-    counted exactly once because the eval loader shards without padding.
-    """
-    was_training = model.training
-    model.eval()
-    k5 = min(5, num_classes)
-    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    top5 = torch.zeros((), device=device, dtype=torch.int64)
-    cm = torch.zeros(num_classes, num_classes, device=device, dtype=torch.int64)
-    for x, y in loader:
-        logits = predict_logits(model, x, device, precision, tta)
-        loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
-        top5 += (logits.topk(k5, dim=1).indices == y[:, None]).any(1).sum()
-        cm += confusion_matrix(logits.argmax(1), y, num_classes).to(device)
-    flat = torch.cat([loss_sum.view(1), top5.double().view(1), cm.double().flatten()])
-    if reduce is not None:
-        flat = reduce(flat)
-    model.train(was_training)
-    cm = flat[2:].round().long().view(num_classes, num_classes).cpu()
-    count = int(cm.sum())
-    if count == 0:
-        raise UserError("the evaluation set is empty")
-    per_class = (cm.diag().double() / cm.sum(1).clamp(min=1).double()).tolist()
-    loss = float(flat[0]) / count
-    return {
-        "loss": loss if math.isfinite(loss) else float("nan"),
-        "top1": float(cm.diag().sum()) / count,
-        "top5": float(flat[1]) / count,
-        "count": count,
-        "per_class": per_class,
-        "confusion": cm.tolist(),
-    }

@@ -11,8 +11,8 @@ import dataclasses
 import torch
 
 from resnetkit.data.prepare import prepare_data
-from resnetkit.train.config import resolve_config
-from resnetkit.train.run import fit
+from resnetkit.training.config import resolve_config
+from resnetkit.training.trainer import fit
 
 # Calibrated on this CPU: resnet8 (resnet20 with one block per stage), 6,000 training images,
 # 3 epochs -> 46.4% test top-1 over 2,000 test images (chance: 10%), 36 s.

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from torch import nn
 
+from ..checkpoint import load_model_weights, load_state_dict_file
 from ..data.dataset import ImageData
 from ..errors import UserError
-from .checkpoint import load_model_weights, load_state_dict_file
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _torchvision_state(model_name: str, weights_name: str) -> dict:
-    import torchvision
+    import torchvision  # deferred: importing torchvision costs seconds, and only this path needs it
 
     try:
         enum = torchvision.models.get_model_weights(model_name)

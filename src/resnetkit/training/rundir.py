@@ -8,22 +8,20 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tqdm import tqdm
 
+from .. import io
+from ..checkpoint import atomic_save, versions
 from ..errors import UserError
-from .checkpoint import atomic_save
+from ..plots import plot_curves
 from .config import TrainConfig
-
-if TYPE_CHECKING:
-    from .run import RunResult
-    from .setup import Setup
+from .setup import Setup
 
 log = logging.getLogger(__name__)
 
@@ -57,23 +55,10 @@ def prepare(cfg: TrainConfig, resuming: bool) -> Path:
     return out
 
 
-def write_json(path: Path, obj: Any) -> None:
-    """Write JSON through a temp file and a rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"could not write {path}: {e.strerror or e}") from None
-
-
 class RunWriter:
     """Writes a run's files (rank 0 only)."""
 
-    def __init__(self, out: Path, cfg: TrainConfig, setup: "Setup", ckpt: dict | None) -> None:
-        from .setup import versions
-
+    def __init__(self, out: Path, cfg: TrainConfig, setup: Setup, ckpt: dict | None) -> None:
         self.out = out
         self.cfg = cfg
         self.tb = None
@@ -83,7 +68,7 @@ class RunWriter:
                   "mean": list(setup.mean), "std": list(setup.std), "image_size": setup.data.image_size,
                   "data_fingerprint": setup.data.fingerprint, "prep_seconds": setup.prep_seconds,
                   "skipped_images": len(setup.data.skipped)}
-        write_json(out / "config.json", config)
+        io.write_json(out / "config.json", config)
         history = ckpt.get("history", []) if ckpt else []
         # metrics.jsonl restarts from the checkpoint's history: rows after it never happened
         self._rewrite_lines(out / "metrics.jsonl", history)
@@ -91,7 +76,7 @@ class RunWriter:
             steps = self._read_lines(out / "steps.jsonl") if ckpt else []
             self._rewrite_lines(out / "steps.jsonl", [r for r in steps if r["step"] < (ckpt or {}).get("global_step", 0)])
         if cfg.tensorboard:
-            try:
+            try:  # deferred: tensorboard is optional and slow to import
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.tb = SummaryWriter(str(out / "tb"))
@@ -115,19 +100,13 @@ class RunWriter:
 
     @staticmethod
     def _rewrite_lines(path: Path, rows: list[dict]) -> None:
-        tmp = path.with_name(f".{path.name}.tmp")
-        try:
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-            os.replace(tmp, path)
-        except OSError as e:
-            tmp.unlink(missing_ok=True)
-            raise UserError(f"could not write {path}: {e.strerror or e}") from None
+        io.write_text(path, "".join(json.dumps(io.to_json(r)) + "\n" for r in rows))
 
     def _append(self, name: str, rows: list[dict]) -> None:
         if rows:
             try:
                 with open(self.out / name, "a") as f:
-                    f.write("".join(json.dumps(r) + "\n" for r in rows))
+                    f.write("".join(json.dumps(io.to_json(r)) + "\n" for r in rows))
             except OSError as e:
                 raise UserError(f"could not write {self.out / name}: {e.strerror or e}") from None
 
@@ -152,8 +131,6 @@ class RunWriter:
                 if k != "epoch" and isinstance(v, (int, float)):
                     self.tb.add_scalar(k, v, row["epoch"])
         try:
-            from ..plots import plot_curves
-
             plot_curves(self._read_lines(self.out / "metrics.jsonl"), self.out / "curves.png")
         except Exception as e:  # a plotting problem must never stop training
             log.warning("could not draw curves.png: %s", e)
@@ -164,12 +141,13 @@ class RunWriter:
     def save_best(self, payload: dict) -> None:
         atomic_save(payload, self.out / "best.pt")
 
-    def finish(self, result: "RunResult", model) -> None:
+    def finish(self, result: Any) -> None:
+        """Write ``result.json`` from a finished run's :class:`~resnetkit.training.trainer.RunResult`."""
         summary = {"test": {k: v for k, v in result.test.items() if k != "confusion"},
                    "prep_seconds": result.prep_seconds, "train_seconds": result.train_seconds,
                    "compile_seconds": result.compile_seconds, "wall_seconds": result.wall_seconds,
                    "epochs": len(result.history)}
-        write_json(self.out / "result.json", summary)
+        io.write_json(self.out / "result.json", summary)
         if self.tb is not None:
             self.tb.close()
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from resnetkit.errors import UserError
-from resnetkit.train.config import RECIPES, TrainConfig, resolve_config
-from resnetkit.train.optim import build_sgd, param_groups
-from resnetkit.train.schedule import lr_factor
 from resnetkit.models import create_model
+from resnetkit.training.config import RECIPES, TrainConfig, resolve_config
+from resnetkit.training.optim import build_sgd, param_groups
+from resnetkit.training.schedule import lr_factor
 
 
 def test_warmup_then_cosine_reaches_zero():
@@ -83,7 +83,7 @@ def test_no_weight_decay_on_norm_and_bias():
 
 
 def test_progressive_sizes_split_the_run_in_equal_parts_and_are_validated():
-    from resnetkit.train.run import progressive_size
+    from resnetkit.training.trainer import progressive_size
 
     # 11 epochs over four sizes: parts of 3, 3, 3 and 2 epochs, full size last
     sizes = [progressive_size([20, 24, 28, 32], e, 11) for e in range(11)]

@@ -13,7 +13,7 @@ import functools
 import logging
 import os
 import random
-from typing import ContextManager
+from contextlib import AbstractContextManager as ContextManager
 
 import numpy as np
 import torch
@@ -85,6 +85,12 @@ def autocast(device: torch.device, precision: str) -> ContextManager:
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued CUDA work (timing and end-of-epoch reads); a no-op on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def seed_everything(seed: int) -> None:

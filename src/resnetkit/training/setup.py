@@ -8,29 +8,35 @@ from __future__ import annotations
 
 import copy
 import logging
-import platform
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from .. import __version__
+from ..checkpoint import CheckpointError, build_payload, load_model_weights, unwrap
 from ..data.augment import AugmentConfig
 from ..data.dataset import ImageData
 from ..data.loader import DeviceLoader
+from ..data.prepare import prepare_data
 from ..errors import UserError
 from ..models import create_model
-from .checkpoint import FORMAT, FORMAT_VERSION, CheckpointError, load_model_weights, unwrap
-from .config import TrainConfig
-from .device import (
-    resolve_channels_last, resolve_device, resolve_precision, rng_state, seed_everything,
-    set_deterministic, set_rng_state,
+from ..runtime.device import (
+    resolve_channels_last,
+    resolve_device,
+    resolve_precision,
+    rng_state,
+    seed_everything,
+    set_deterministic,
+    set_rng_state,
+    synchronize,
 )
+from ..runtime.inference import predict_logits
+from ..runtime.loaders import batch_dtype, eval_loader
+from .config import TrainConfig
 from .distributed import DistContext
-from .engine import StepState
+from .loop import StepState, train_epoch
 from .optim import build_sgd
 from .pretrained import apply_pretrained
 
@@ -56,49 +62,17 @@ class Setup:
     warmup_seconds: float = 0.0
 
     def payload(self, state: StepState, history: list[dict], best: dict, epoch_done: bool) -> dict:
-        """The checkpoint dict: loadable with ``weights_only=True``, enough to resume exactly."""
-        net = unwrap(self.model)
-        return {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "model": net.state_dict(),
-            "model_name": self.cfg.model,
-            "model_kwargs": dict(net.spec["kwargs"]),
-            "optimizer": self.optimizer.state_dict(),
-            "epoch": state.epoch,
-            "step_in_epoch": state.step_in_epoch,
-            "global_step": state.global_step,
-            "epoch_done": epoch_done,
-            "rng": rng_state(),
-            "best": dict(best),
-            "history": list(history),
-            "config": self.cfg.to_dict(),
-            "classes": list(self.data.classes),
-            "mean": list(self.mean),
-            "std": list(self.std),
-            "image_size": self.data.image_size,
-            "in_channels": int(self.data.train_images.shape[1]),
-            "data_fingerprint": self.data.fingerprint,
-            "world_size": self.dist.world_size,
-            "versions": versions(),
-        }
-
-
-def versions() -> dict[str, str]:
-    """Library versions for config.json and checkpoints (metadata only: importing torchvision costs seconds)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        tv = version("torchvision")
-    except PackageNotFoundError:
-        tv = "unknown"
-    return {"resnetkit": __version__, "torch": str(torch.__version__), "torchvision": tv,
-            "python": platform.python_version()}
+        """The checkpoint dict (:func:`resnetkit.checkpoint.build_payload`) of this run at ``state``."""
+        progress = {"epoch": state.epoch, "step_in_epoch": state.step_in_epoch, "global_step": state.global_step,
+                    "epoch_done": epoch_done, "best": best, "history": history}
+        return build_payload(self.model, self.optimizer, model_name=self.cfg.model, config=self.cfg.to_dict(),
+                             progress=progress, rng=rng_state(), classes=self.data.classes, mean=self.mean,
+                             std=self.std, image_size=self.data.image_size,
+                             in_channels=int(self.data.train_images.shape[1]),
+                             data_fingerprint=self.data.fingerprint, world_size=self.dist.world_size)
 
 
 def _load_data(cfg: TrainConfig, dist: DistContext, progress: bool) -> tuple[ImageData, float]:
-    from ..data.prepare import prepare_data
-
     t0 = time.perf_counter()
     # rank 0 decodes and caches first; then the first process of each other machine (which reads
     # that cache on a shared file system, or builds its machine's own); then all the others
@@ -174,14 +148,14 @@ def build(cfg: TrainConfig, ckpt: dict | None, dist: DistContext, data: ImageDat
     if cfg.compile:
         net = torch.compile(net)
 
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     aug = AugmentConfig(crop_pad=cfg.crop_pad, crop_fill=cfg.crop_fill, flip=cfg.flip, cutout=cfg.cutout)
-    common: dict[str, Any] = dict(device=device, mean=mean, std=std, seed=cfg.seed, dtype=dtype,
+    common: dict[str, Any] = dict(device=device, mean=mean, std=std, seed=cfg.seed,
                                   channels_last=channels_last, rank=dist.rank, world_size=dist.world_size)
-    train_loader = DeviceLoader(tx, ty, batch_size=per_rank, train=True, augment=aug, **common)
+    train_loader = DeviceLoader(tx, ty, batch_size=per_rank, train=True, augment=aug, dtype=batch_dtype(precision),
+                                **common)
     eval_bs = max(per_rank, 256)
-    val_loader = DeviceLoader(vx, vy, batch_size=eval_bs, train=False, **common) if vx is not None else None
-    test_loader = DeviceLoader(data.test_images, data.test_labels, batch_size=eval_bs, train=False, **common)
+    val_loader = eval_loader(vx, vy, batch_size=eval_bs, precision=precision, **common) if vx is not None else None
+    test_loader = eval_loader(data.test_images, data.test_labels, batch_size=eval_bs, precision=precision, **common)
     s = Setup(cfg, dist, device, precision, channels_last, data, net, optimizer, train_loader, val_loader,
               test_loader, mean, std, prep_seconds)
     if cfg.compile:
@@ -193,8 +167,6 @@ def build(cfg: TrainConfig, ckpt: dict | None, dist: DistContext, data: ImageDat
 
 def _warm_up_compiled(s: Setup) -> float:
     """Compile before the clock starts: one train step and one eval pass, then restore all state."""
-    from .engine import predict_logits, train_epoch
-
     t0 = time.perf_counter()
     saved = (copy.deepcopy(unwrap(s.model).state_dict()), copy.deepcopy(s.optimizer.state_dict()), rng_state())
     s.train_loader.set_epoch(0)
@@ -205,7 +177,6 @@ def _warm_up_compiled(s: Setup) -> float:
     unwrap(s.model).load_state_dict(saved[0])
     s.optimizer.load_state_dict(saved[1])
     set_rng_state(saved[2])
-    if s.device.type == "cuda":
-        torch.cuda.synchronize(s.device)
+    synchronize(s.device)
     return time.perf_counter() - t0
 

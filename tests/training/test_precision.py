@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from resnetkit.models import create_model
-from resnetkit.train import device as dev
+from resnetkit.runtime import device as dev
 
 
 def test_bf16_autocast_forward_matches_fp32_within_tolerance():

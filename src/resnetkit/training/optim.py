@@ -7,7 +7,7 @@ and timm convention). The backbone may get a smaller learning rate than the head
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn

@@ -1,0 +1,299 @@
+"""A training run end to end: data -> model -> epochs -> run directory, held by a :class:`Trainer`.
+
+The run directory holds ``config.json``, ``metrics.jsonl`` (one line per epoch), ``last.pt`` and
+``best.pt`` (everything exact resume needs), ``curves.png`` and, with ``log_steps``,
+``steps.jsonl`` (every step's loss). Only rank 0 writes. SIGTERM/SIGINT save ``last.pt`` at the
+current step and stop; resuming continues bit for bit.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..checkpoint import peek, unwrap
+from ..data.dataset import ImageData
+from ..errors import UserError
+from ..runtime.inference import evaluate
+from . import rundir
+from .config import TrainConfig, validate
+from .distributed import DistContext, debug_dump, global_epoch_stats, init_from_env, shutdown
+from .loop import StepState, check_weights_finite, train_epoch
+from .schedule import apply_lr, lr_factor
+from .setup import Setup, build
+
+log = logging.getLogger(__name__)
+
+RESUME_OVERRIDABLE = ("epochs", "device", "max_steps", "stop_after_steps", "log_steps", "checkpoint_every",
+                      "eval_every")
+
+
+class TrainingInterrupted(UserError):
+    """The run was stopped by a signal after saving ``last.pt``."""
+
+    exit_code = 143
+
+
+@dataclass
+class RunResult:
+    """What a finished run reports (the same numbers are in the run directory)."""
+
+    out_dir: Path | None
+    history: list[dict]
+    test: dict
+    prep_seconds: float
+    train_seconds: float
+    compile_seconds: float
+    wall_seconds: float
+    config: dict = field(default_factory=dict)
+    classes: list[str] = field(default_factory=list)
+
+    @property
+    def test_top1(self) -> float:
+        return float(self.test.get("top1", float("nan")))
+
+
+def progressive_size(sizes: list[int] | None, epoch: int, total_epochs: int) -> int | None:
+    """The training image size of ``epoch`` (0-based) under progressive resizing.
+
+    The run is cut into ``len(sizes)`` equal consecutive parts, one per size in order (fast.ai's
+    DAWNBench progressive resizing, Howard 2018); ``None`` (no schedule) keeps the stored size.
+    """
+    if not sizes:
+        return None
+    part = min(len(sizes) - 1, epoch * len(sizes) // max(total_epochs, 1))
+    return int(sizes[part])
+
+
+def resume_config(run: str | Path, overrides: dict | None) -> tuple[TrainConfig, dict]:
+    """The configuration and checkpoint to continue ``run`` (a run directory or its ``last.pt``).
+
+    The configuration comes from the checkpoint; ``overrides`` may change only the keys in
+    :data:`RESUME_OVERRIDABLE` (``None`` values are ignored).
+    """
+    last = Path(run) / "last.pt" if Path(run).is_dir() else Path(run)
+    ckpt = peek(last)
+    extra = {k: v for k, v in (overrides or {}).items() if v is not None}
+    bad = sorted(set(extra) - set(RESUME_OVERRIDABLE))
+    if bad:
+        raise UserError(f"--resume takes its settings from the checkpoint; cannot change {', '.join(bad)}")
+    # a stop point is where the earlier part ended, never inherited by the continuation
+    cfg = TrainConfig.from_dict({**ckpt["config"], "stop_after_steps": None, **extra})
+    cfg.out = str(last.parent)
+    return cfg, ckpt
+
+
+def fit(cfg: TrainConfig | None = None, *, resume: str | Path | None = None,
+        resume_overrides: dict | None = None, progress: bool = False,
+        data: ImageData | None = None) -> RunResult:
+    """Train ``cfg``, or continue the run in directory ``resume`` from its ``last.pt``."""
+    wall0 = time.perf_counter()
+    ckpt = None
+    if resume is not None:
+        cfg, ckpt = resume_config(resume, resume_overrides)
+    elif cfg is None:
+        raise UserError("nothing to train: give a configuration or a run directory to resume")
+    validate(cfg)
+    dist_ctx, device_name = init_from_env(cfg.device)
+    cfg.device = device_name or cfg.device
+    try:
+        return Trainer(cfg, ckpt, dist_ctx, progress, data).run(wall0)
+    finally:
+        shutdown()
+
+
+class Trainer:
+    """One run's state, in plain attributes: the setup, where training is (``state``), the
+    epoch rows (``history``), the best epoch, the run-directory writer (rank 0 only), the DDP stop
+    vote and the signal that asked to stop. :meth:`save_checkpoint` is the one place that saves."""
+
+    def __init__(self, cfg: TrainConfig, ckpt: dict | None, dist_ctx: DistContext, progress: bool,
+                 data: ImageData | None) -> None:
+        out = rundir.prepare(cfg, resuming=ckpt is not None) if dist_ctx.is_main else None
+        cfg.out = dist_ctx.broadcast_object(cfg.out)  # rank 0 may have chosen the default directory
+        s: Setup = build(cfg, ckpt, dist_ctx, data, progress)
+        if ckpt is not None and list(ckpt.get("classes", s.data.classes)) != list(s.data.classes):
+            raise UserError(f"cannot resume {cfg.out}: its data {cfg.data} now has classes {s.data.classes[:5]}, "
+                            f"but the checkpoint was trained on {list(ckpt['classes'])[:5]}; start a new run instead")
+        self.cfg, self.setup, self.dist, self.progress = cfg, s, dist_ctx, progress
+        self.writer = rundir.RunWriter(out, cfg, s, ckpt) if out is not None else None
+        self.state = StepState()
+        self.history: list[dict] = []
+        self.best: dict[str, Any] = {"metric": "val_top1" if s.val_loader is not None else "last",
+                                     "value": None, "epoch": None}
+        if ckpt is not None:
+            self.state = StepState(ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"])
+            if self.state.step_in_epoch >= len(s.train_loader):  # saved right at an epoch's last step
+                self.state.epoch, self.state.step_in_epoch = self.state.epoch + 1, 0
+            self.history = list(ckpt.get("history", []))
+            self.best = dict(ckpt.get("best", self.best))
+            log.info("resuming %s at epoch %d, step %d", cfg.out, self.state.epoch + 1, self.state.global_step)
+        self.steps_per_epoch = len(s.train_loader)
+        self.total_epochs = int(-(-cfg.epochs // 1))
+        self.total_steps = max(1, int(round(cfg.epochs * self.steps_per_epoch)))
+        if cfg.max_steps is not None:
+            self.total_steps = min(self.total_steps, cfg.max_steps)
+        self.warmup_steps = int(round(cfg.warmup_epochs * self.steps_per_epoch))
+        self.stop_at = cfg.stop_after_steps  # like a signal at that step: the schedule stays the full run's
+        self.steps_logged = 0  # this epoch's step losses already in steps.jsonl
+        self.compile_seconds = 0.0
+        self.tested: tuple[int, dict] | None = None  # (global step, metrics) of the last test pass
+        self.signal: str | None = None  # the name of a SIGTERM/SIGINT received
+        self.vote = dist_ctx.stop_vote()  # under DDP every rank stops after the same step
+        self.bar: Any = None
+
+    # ------------------------------------------------------------------ pieces
+    def set_lr(self, step: int) -> float:
+        return apply_lr(self.setup.optimizer, lr_factor(step, self.total_steps, self.warmup_steps, self.cfg.schedule))
+
+    def paused_mid_epoch(self) -> bool:
+        """Stopped by ``stop_after_steps`` inside an epoch (not at the run's end)."""
+        st = self.state
+        return (self.stop_at is not None and self.stop_at <= st.global_step < self.total_steps
+                and st.step_in_epoch < self.steps_per_epoch)
+
+    def save_checkpoint(self, epoch_done: bool, best: bool = False) -> None:
+        """Write ``last.pt`` (and ``best.pt`` with ``best``) from the current state, on rank 0.
+
+        Every caller has checked the weights are finite on every rank (check_weights_finite).
+        """
+        if self.writer is None:
+            return
+        payload = self.setup.payload(self.state, self.history, self.best, epoch_done)
+        self.writer.save_last(payload)
+        if best:
+            self.writer.save_best(payload)
+
+    def evaluate(self, loader) -> dict:
+        s = self.setup
+        s.dist.sync_buffers(s.model)  # evaluate rank 0's BatchNorm statistics: the checkpoint's
+        return evaluate(s.model, loader, s.data.num_classes, device=s.device, precision=s.precision,
+                        tta=self.cfg.tta, reduce=s.dist.all_reduce_sum if s.dist.enabled else None)
+
+    def after_step(self, st: StepState, probe) -> bool:
+        """Called by the loop after every step; True stops the epoch."""
+        cfg = self.cfg
+        save = cfg.checkpoint_every and st.global_step % cfg.checkpoint_every == 0
+        stopping = self.vote(self.signal is not None)
+        halt = stopping or st.global_step >= self.total_steps
+        halt = halt or (self.stop_at is not None and st.global_step >= self.stop_at)
+        if self.bar is not None and st.step_in_epoch % 10 == 0:
+            self.bar.show(*probe.running())
+        if save or stopping or self.paused_mid_epoch():
+            # the pending losses, then the weights, on every rank (they hold the same weights),
+            # so under DDP all ranks stop together and no checkpoint holds NaN or inf
+            probe.check()
+            check_weights_finite(unwrap(self.setup.model), st)
+            if self.writer is not None:
+                # the steps first: a crash between the two leaves extra rows, which resume drops
+                losses = probe.step_losses
+                self.writer.log_steps(losses[self.steps_logged:], st.global_step - len(losses) + self.steps_logged)
+                self.steps_logged = len(losses)
+            self.save_checkpoint(epoch_done=False)
+        if stopping:
+            raise TrainingInterrupted(
+                f"stopped by {self.signal or 'a signal to another process'} at epoch {st.epoch + 1}, "
+                f"step {st.global_step}; saved {cfg.out}/last.pt, continue with --resume {cfg.out}")
+        return halt
+
+    # ------------------------------------------------------------------ the run
+    def _train_one_epoch(self):
+        s, cfg, state = self.setup, self.cfg, self.state
+        s.train_loader.set_epoch(state.epoch)
+        s.train_loader.set_size(progressive_size(cfg.progressive_sizes, state.epoch, self.total_epochs))
+        s.train_loader.skip_to(state.step_in_epoch)
+        self.steps_logged = 0
+        use_bar = self.writer is not None and self.progress
+        self.bar = self.writer.progress_bar(state, self.steps_per_epoch, s.train_loader) if use_bar else None
+        stats = train_epoch(
+            s.model, self.bar if self.bar is not None else s.train_loader, s.optimizer, state,
+            device=s.device, precision=s.precision, label_smoothing=cfg.label_smoothing,
+            set_lr=self.set_lr, after_step=self.after_step, record_steps=cfg.log_steps,
+            reduce_loss=self.dist.all_reduce_mean if self.dist.enabled else None,
+        )
+        if self.bar is not None:
+            self.bar.close()
+        return stats
+
+    def _end_epoch(self, stats) -> bool:
+        """Evaluate, write the epoch's rows and checkpoints; False when training stops here."""
+        s, cfg, state = self.setup, self.cfg, self.state
+        stats = global_epoch_stats(self.dist, stats, s.device)
+        check_weights_finite(unwrap(s.model), state)  # before this epoch's rows are written
+        if cfg.compile and not self.history:
+            self.compile_seconds = s.warmup_seconds
+        epoch_done = state.step_in_epoch >= self.steps_per_epoch or state.global_step >= self.total_steps
+        row = {"epoch": state.epoch + 1, "step": state.global_step, "lr": s.optimizer.param_groups[0]["lr"],
+               "train_loss": stats.loss, "train_acc": stats.acc, "images_per_s": stats.images_per_s,
+               "seconds": stats.seconds}
+        last_epoch = state.global_step >= self.total_steps or state.epoch + 1 >= self.total_epochs
+        if s.val_loader is not None:
+            v = self.evaluate(s.val_loader)
+            row.update(val_loss=v["loss"], val_acc=v["top1"])
+            if self.best["value"] is None or v["top1"] > self.best["value"]:
+                self.best.update(value=v["top1"], epoch=state.epoch + 1)
+        if last_epoch or (cfg.eval_every and (state.epoch + 1) % cfg.eval_every == 0):
+            t = self.evaluate(s.test_loader)
+            self.tested = (state.global_step, t)
+            row.update(test_loss=t["loss"], test_acc=t["top1"], test_top5=t["top5"])
+        self.history.append(row)
+        if self.writer is not None:
+            rest = stats.step_losses[self.steps_logged:]  # the ones no mid-epoch checkpoint wrote
+            self.writer.log_steps(rest, state.global_step - len(rest))
+            self.writer.end_epoch(row)
+        if epoch_done:
+            state.epoch += 1
+            state.step_in_epoch = 0
+        self.save_checkpoint(epoch_done=True,
+                             best=self.best["metric"] == "last" or self.best["epoch"] == row["epoch"])
+        return epoch_done
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        self.signal = signal.Signals(signum).name
+
+    @contextmanager
+    def _stop_on_signals(self) -> Iterator[None]:
+        """Turn SIGTERM/SIGINT into :attr:`signal`, checked after every step (main thread only)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        old = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+
+    def run(self, wall0: float | None = None) -> RunResult:
+        """Train to the end (or the stop point) and return what the run reports."""
+        wall0 = time.perf_counter() if wall0 is None else wall0
+        s, state = self.setup, self.state
+        with self._stop_on_signals():
+            while (state.epoch < self.total_epochs and state.global_step < self.total_steps
+                   and (self.stop_at is None or state.global_step < self.stop_at)):
+                stats = self._train_one_epoch()
+                if self.paused_mid_epoch():
+                    break  # last.pt holds this step; the epoch's row comes when a resume finishes the epoch
+                if not self._end_epoch(stats):
+                    break
+        self.vote.close()
+        # the last epoch's test pass already saw these weights unless training went on after it
+        done = self.tested is not None and self.tested[0] == state.global_step
+        final = self.tested[1] if done else self.evaluate(s.test_loader)
+        train_seconds = sum(r["seconds"] for r in self.history) - self.compile_seconds
+        result = RunResult(
+            out_dir=Path(self.cfg.out) if self.cfg.out else None, history=self.history, test=final,
+            prep_seconds=s.prep_seconds, train_seconds=train_seconds, compile_seconds=self.compile_seconds,
+            wall_seconds=time.perf_counter() - wall0, config=self.cfg.to_dict(), classes=s.data.classes,
+        )
+        if self.writer is not None:
+            self.writer.finish(result)
+        debug_dump(self.dist, s.model, s.optimizer)
+        return result
