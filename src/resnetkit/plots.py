@@ -91,7 +91,7 @@ def plot_confusion(
     """Heat map of a confusion matrix (rows true, columns predicted) with class names on the axes.
 
     ``normalize`` divides each row by its total, so cells are per-class recall (a row with no
-    samples stays 0). Cell values are written in the cells when there are at most 20 classes.
+    samples is undefined: left blank and marked "-"). Cell values are written in the cells when there are at most 20 classes.
     ``cm`` may be a tensor, an array or nested lists. Returns ``path``.
     """
     m = np.asarray(cm.tolist() if hasattr(cm, "tolist") else cm, dtype=np.float64)
@@ -103,7 +103,7 @@ def plot_confusion(
         raise ValueError(f"got {len(names)} class names for a {c}x{c} confusion matrix")
     if normalize:
         totals = m.sum(axis=1, keepdims=True)
-        m = np.divide(m, totals, out=np.zeros_like(m), where=totals > 0)
+        m = np.divide(m, totals, out=np.full_like(m, np.nan), where=totals > 0)  # no samples: undefined
 
     side = min(4.0 + 0.45 * c, 24.0)
     fig = _new_figure((side + 1.5, side))
@@ -122,7 +122,7 @@ def plot_confusion(
         for i in range(c):
             for j in range(c):
                 v = m[i, j]
-                text = f"{v:.2f}" if normalize else f"{int(round(v))}"
+                text = "-" if np.isnan(v) else f"{v:.2f}" if normalize else f"{int(round(v))}"
                 ax.text(j, i, text, ha="center", va="center", fontsize=8,
                         color="white" if v > 0.6 * vmax else "black")
     fig.tight_layout()
