@@ -23,6 +23,7 @@ _SPLITS = (("train", "train", "C0"), ("val", "val", "C1"), ("test", "test", "C2"
 
 def _new_figure(figsize: tuple[float, float]) -> Any:
     """A figure bound to an Agg canvas (the backend chosen here, not globally)."""
+    # deferred: matplotlib costs a second to import, and only drawing needs it
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

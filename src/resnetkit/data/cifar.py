@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from ..errors import UserError
 from ..io import atomic_write
@@ -268,8 +269,6 @@ def _fetch(url: str, out: Any, digest: Any, spec: CifarSpec, dest: Path, progres
         with urllib.request.urlopen(url, timeout=timeout) as resp:
             total = int(resp.headers.get("Content-Length") or 0) or None
             if progress:
-                from tqdm import tqdm
-
                 bar = tqdm(total=total, unit="B", unit_scale=True, desc=spec.archive)
             while chunk := resp.read(1 << 20):
                 digest.update(chunk)
