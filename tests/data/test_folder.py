@@ -14,7 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from resnetkit.data import folder, images
+from resnetkit.data import folder
+from resnetkit.data import images as image_decoding
 from resnetkit.data.prepare import prepare_data
 from resnetkit.errors import UserError
 
@@ -101,7 +102,7 @@ def test_jpeg_fast_path_matches_pillow(tmp_path: Path, monkeypatch: pytest.Monke
     jpg = tmp_path / "train" / "cat" / "000.jpg"
     ref = torch.from_numpy(np.array(Image.open(jpg).convert("RGB"))).permute(2, 0, 1)
     assert torch.equal(data.train_images[0], ref)
-    monkeypatch.setattr(images, "_jpeg_op", lambda: None)  # torchvision's decoder gone: Pillow does all
+    monkeypatch.setattr(image_decoding, "_jpeg_op", lambda: None)  # torchvision's decoder gone: Pillow does all
     without = prepare_data(tmp_path, cache_dir=tmp_path / "c2")
     assert (without.train_images.int() - data.train_images.int()).abs().max() <= 1
 
