@@ -12,7 +12,7 @@ archive with ``--subset 2500 --test-subset 1000 --batch-size 64`` and seed 0:
   ResNet-56 ended at 7.4% training error against ResNet-20's 9.1%, and plain-56 at 66.8% against
   plain-20's 13.4%: both halves of He et al. 2015, Figure 6.
 * 702 iterations (a 2-core AMD EPYC with AVX2, fp32, 30 minutes): ResNet-56 50.6% vs ResNet-20 43.0%.
-* Runs of the same recipe outside the study (2-core CPUs without bf16 units) agreed: ResNet-56
+* Other runs of the same recipe outside the study (2 cores, fp32) agreed: ResNet-56
   ended above ResNet-20 after 585 iterations (16 px, 2,500 images) and 1,260 (32 px, 500 images;
   0.2% vs 0.0%), and after 3,000 at 16 px on 1,000 images (15.6% vs 2.2%).
 
