@@ -31,8 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "degradation.json and a verdict from the training error measured on fixed training images. "
                     "With the paper's initialisation ResNet-56 needed about 2,500 iterations to catch up with "
                     "ResNet-20; the study warns before training when its plan gives fewer, and "
-                    "--zero-init-residual shows the same within fewer (see the README's 'Why residuals work, "
-                    "measured').",
+                    "--zero-init-residual shows the same within fewer (see docs/study.md).",
     )
     d.add_argument("--depths", type=int, nargs="+", default=[20, 56], help="depths 6n+2 (default: 20 56)")
     _common(d, "runs/study-degradation")
