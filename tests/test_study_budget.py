@@ -6,7 +6,6 @@ Timing is stubbed: the study's clock is a counter that only advances when a netw
 
 from __future__ import annotations
 
-import importlib
 import json
 import types
 
@@ -14,14 +13,13 @@ import pytest
 import torch
 
 from resnetkit.cli import main
+from resnetkit.runtime.device import cpu_description, describe_cpu, resolve_device, resolve_precision
 from resnetkit.study import budget, degradation
 from resnetkit.study.budget import PAPER_INIT_MIN_ITERATIONS, plan_study
 from resnetkit.study.figure import figure_title
-from resnetkit.train.device import cpu_description, describe_cpu, resolve_device, resolve_precision
 
 # 64 synthetic 8x8 images, batch 16: 4 iterations per epoch; depths 8 and 14: 4 networks per round
 TINY = ["--data", "synthetic:64", "--image-size", "8", "--batch-size", "16", "--depths", "8", "14"]
-train_run = importlib.import_module("resnetkit.train.run")  # resnetkit.train is also a function
 FAKE_SECONDS_PER_FIT = 60.0  # so one round (4 networks) takes 240 s and ROUND_MARGIN makes it 252 s
 
 
@@ -38,14 +36,14 @@ def fake_clock(monkeypatch, tmp_path) -> list:
     """The study's clock advances only inside fit(); returns the list of events ("fit", ("plan", warned))."""
     now = [0.0]
     events: list = []
-    real_fit = train_run.fit
+    real_fit = degradation.fit
 
     def fit(*args, **kwargs):
         events.append("fit")
         now[0] += FAKE_SECONDS_PER_FIT
         return real_fit(*args, **kwargs)
 
-    monkeypatch.setattr(train_run, "fit", fit)
+    monkeypatch.setattr(degradation, "fit", fit)
     monkeypatch.setattr(degradation, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
     monkeypatch.setenv("RESNETKIT_CACHE", str(tmp_path / "cache"))
     return events

@@ -103,7 +103,7 @@ def run_degradation(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_plan_warning(plan: "StudyPlan") -> None:
+def _print_plan_warning(plan: StudyPlan) -> None:
     """Tell the user, before training goes on, that the plan is too short for the paper's initialisation."""
     if plan.warned:
         print(f"warning: {plan.warning}\n  {plan.advice}", file=sys.stderr, flush=True)
