@@ -9,7 +9,7 @@ from pathlib import Path
 
 def main(folder: str) -> int:
     rows = []
-    for path in sorted(Path(folder).glob("*.json")):
+    for path in sorted(Path(folder).glob("*.json")) + sorted(Path(folder).glob("*/degradation.json")):
         d = json.loads(path.read_text())
         where = d.get("machine", {}).get("device", "?")
         if d.get("mode") == "throughput":
@@ -23,6 +23,14 @@ def main(folder: str) -> int:
                          f"{d['top1_mean']:.2%} +- {d['top1_std']:.2%}",
                          f"train {d['train_seconds_mean']:.1f} +- {d['train_seconds_std']:.1f} s, compile "
                          f"{d['compile_seconds_mean']:.1f} s, {len(d['runs'])} seed(s)", where))
+        elif d.get("study") == "degradation":
+            err = {n["name"]: f"{n['final_train_error']:.1%}" for n in d["networks"]}
+            plan = d.get("plan", {})
+            iters = f"{d['recipe']['iterations']:,} of {plan.get('planned_iterations', 0):,} planned iterations"
+            warned = f", under {plan['min_iterations']:,}" if plan.get("warning_fired") else ""
+            rows.append((f"study degradation ({d['train_images']:,} training images)", iters + warned,
+                         "train error " + ", ".join(f"{k} {v}" for k, v in err.items()),
+                         f"{d['device']} {d['precision']}"))
     w = [max(len(r[i]) for r in rows) if rows else 5 for i in range(4)]
     print(f"{'measurement':<{w[0]}}  {'result':<{w[1]}}  {'detail':<{w[2]}}  device")
     for r in rows:

@@ -36,5 +36,9 @@ def test_gpu_script_smoke_mode_on_cpu(tmp_path):
     assert tp["resnetkit_over_tutorial"] > 0 and tp["resnetkit_over_ceiling"] > 0
     fast = json.loads((out / "tta_fast.json").read_text())
     assert fast["model"] == "resnet9" and len(fast["runs"]) == 1 and 0 <= fast["top1_mean"] <= 1
+    study = json.loads((out / "study-degradation" / "degradation.json").read_text())
+    assert [n["name"] for n in study["networks"]] == ["plain-8", "ResNet-8"] and study["train_images"] == 64
+    assert study["plan"]["completed_iterations"] == study["plan"]["planned_iterations"] == 64 // 8
     table = proc.stdout.strip().splitlines()
-    assert table[-6].startswith("measurement") and "throughput resnet20" in proc.stdout
+    assert table[-7].startswith("measurement") and "throughput resnet20" in proc.stdout
+    assert table[-1].startswith("study degradation (64 training images)") and "8 of 8 planned iterations" in table[-1]

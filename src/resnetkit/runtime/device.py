@@ -58,6 +58,32 @@ def cpu_bf16_pays() -> bool:
         return False
 
 
+#: /proc/cpuinfo flags that decide CPU speed and precision here: vector width, bf16 and int8 units.
+CPU_SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def describe_cpu(cpuinfo: str | None) -> dict[str, object]:
+    """``{"model": ..., "flags": [...]}`` from ``/proc/cpuinfo`` text: the first processor's model
+    name and which of :data:`CPU_SPEED_FLAGS` it has; ``"unknown"`` and ``[]`` without that text."""
+    model, flags = "unknown", set()
+    for line in (cpuinfo or "").splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and model == "unknown":
+            model = value.strip() or "unknown"
+        elif key.strip() == "flags" and not flags:
+            flags = set(value.split())
+    return {"model": model, "flags": [f for f in CPU_SPEED_FLAGS if f in flags]}
+
+
+def cpu_description() -> dict[str, object]:
+    """This machine's :func:`describe_cpu` (``"unknown"`` where ``/proc/cpuinfo`` cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return describe_cpu(f.read())
+    except OSError:
+        return describe_cpu(None)
+
+
 def resolve_precision(precision: str | None, device: torch.device) -> str:
     """``auto`` -> ``bf16`` on CUDA with bf16 and on AMX CPUs, else ``fp32``."""
     if precision in (None, "", "auto"):

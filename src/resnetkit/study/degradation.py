@@ -25,13 +25,14 @@ of epochs (divided by 10 at 50% and 75%; He et al. use 32k and 48k of 64k iterat
 round's duration, as the number of rounds that fit (the first round runs at full lr under any
 plan of two or more epochs, so fixing the plan late changes nothing). A round starts only if
 its predecessor's duration still fits, so the budget holds even if the machine slows down; the
-report says whether the schedule completed.
+report says whether the schedule completed (:mod:`.budget`).
 
-``zero_init_residual`` zeroes the last BatchNorm scale of every residual branch (Goyal et al.
-2017), so ResNets of every depth start as the same shallow function. With the paper's
-initialisation, ResNet-56 ended above ResNet-20 in every run of ~1k iterations we made, on a
-2-core CPU. With zeroed branches it ended below in both 30-minute studies (two seeds); the README
-gives the figures.
+With the paper's initialisation the deeper ResNet needs iterations to catch up with the shallower
+one: ResNet-56 ended below ResNet-20 after 2,730 iterations and above it after 702 (details in
+:mod:`.budget`). When the plan gives fewer than :data:`~.budget.PAPER_INIT_MIN_ITERATIONS`, the
+study says so before training goes on. ``zero_init_residual`` zeroes the last BatchNorm scale of
+every residual branch (Goyal et al. 2017), so ResNets of every depth start as the same shallow
+function; with it ResNet-56 ended below ResNet-20 after 1,209 and 1,326 iterations (two seeds).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,11 +52,14 @@ from ..data.prepare import prepare_data
 from ..errors import UserError
 from ..io import write_json
 from ..models import create_model, list_models
-from ..runtime.device import resolve_device, resolve_precision
+from ..runtime.device import cpu_description, resolve_device, resolve_precision
 from ..runtime.inference import evaluate
 from ..runtime.loaders import eval_loader
 from ..training.config import TrainConfig, resolve_config
 from ..training.trainer import fit
+from .budget import UNPLANNED_EPOCHS, StudyPlan, next_round_fits, plan_study
+from .figure import plot_degradation
+from .verdict import degradation_verdict, network_label
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +73,6 @@ STUDY_RECIPE: dict[str, Any] = dict(
     label_smoothing=0.0, schedule="step", crop_pad=4, crop_fill="zero", flip="random", cutout=0,
 )
 WARMUP_ITERS = 200
-ROUND_MARGIN = 1.05  # a new round must fit even if it runs 5 % slower than the last one
-UNPLANNED_EPOCHS = 10**6  # the schedule's length during a budgeted study's first round (full lr throughout)
 
 
 def check_depths(depths: Sequence[int]) -> list[int]:
@@ -81,11 +83,6 @@ def check_depths(depths: Sequence[int]) -> list[int]:
     if bad:
         raise UserError(f"depth {bad[0]} is not of the form 6n+2 with n >= 1 (8, 14, 20, 32, 44, 56, 110, ...)")
     return sorted(set(int(d) for d in depths))
-
-
-def network_label(depth: int, plain: bool) -> str:
-    """``plain-20`` or ``ResNet-20``, as the paper names them."""
-    return f"plain-{depth}" if plain else f"ResNet-{depth}"
 
 
 def model_spec(depth: int, plain: bool) -> tuple[str, dict[str, Any]]:
@@ -150,16 +147,6 @@ def study_lr(batch_size: int) -> float:
     return STUDY_RECIPE["lr"] * batch_size / 128
 
 
-def rounds_that_fit(elapsed: float, round_seconds: float, budget: float) -> int:
-    """How many more rounds of ``round_seconds`` (with :data:`ROUND_MARGIN`) fit after ``elapsed``."""
-    return max(0, int((budget - elapsed) // (ROUND_MARGIN * max(round_seconds, 1e-9))))
-
-
-def next_round_fits(elapsed: float, last_round: float, budget: float) -> bool:
-    """Whether one more round (each run one epoch longer) fits in the budget, all in seconds."""
-    return elapsed + ROUND_MARGIN * last_round <= budget
-
-
 def curves_from_history(history: list[dict], train_eval_error: list[float] | None = None) -> dict[str, list]:
     """``iteration`` (end of each epoch), ``train_error``, ``running_train_error`` and ``test_error``.
 
@@ -188,88 +175,12 @@ def error_on(checkpoint: str | Path, images: torch.Tensor, labels: torch.Tensor,
     return 1.0 - float(evaluate(model, loader, len(model.classes), device=dev, precision=prec)["top1"])
 
 
-def degradation_verdict(networks: list[dict]) -> dict[str, Any]:
-    """Compare final training errors: the deepest plain net vs the shallowest, likewise for ResNets.
-
-    ``networks`` items need ``depth``, ``plain`` and ``final_train_error``. Returns booleans
-    (``None`` with fewer than two depths) and one sentence per comparison, all from the numbers.
-    """
-    def pct(x: float) -> str:
-        return f"{100 * x:.1f}%"
-
-    out: dict[str, Any] = {"degradation_reproduced": None, "residual_deeper_no_worse": None, "lines": []}
-    lines: list[str] = out["lines"]
-    for plain in (True, False):
-        fam = sorted((n for n in networks if bool(n["plain"]) == plain), key=lambda n: n["depth"])
-        if len(fam) < 2:
-            continue
-        lo, hi = fam[0], fam[-1]
-        a, b = network_label(hi["depth"], plain), network_label(lo["depth"], plain)
-        e_hi, e_lo = float(hi["final_train_error"]), float(lo["final_train_error"])
-        if plain:
-            ok = e_hi > e_lo
-            out["degradation_reproduced"] = ok
-            lines.append(f"{a} ends with {'higher' if ok else 'no higher'} training error than {b} "
-                         f"({pct(e_hi)} vs {pct(e_lo)}): degradation {'reproduced' if ok else 'not reproduced'}.")
-        else:
-            ok = e_hi <= e_lo
-            out["residual_deeper_no_worse"] = ok
-            tail = ("the deeper residual net trains at least as well" if ok
-                    else "the deeper residual net did not catch up in this budget")
-            lines.append(f"{a} ends {'at or below' if ok else 'above'} {b} in training error "
-                         f"({pct(e_hi)} vs {pct(e_lo)}): {tail}.")
-    for d in sorted({n["depth"] for n in networks}):
-        pair = {bool(n["plain"]): n for n in networks if n["depth"] == d}
-        if len(pair) == 2:
-            lines.append(f"At depth {d}, ResNet vs plain final training error: "
-                         f"{pct(pair[False]['final_train_error'])} vs {pct(pair[True]['final_train_error'])}; "
-                         f"test error {pct(pair[False]['final_test_error'])} vs {pct(pair[True]['final_test_error'])}.")
-    if len({n["depth"] for n in networks}) < 2:
-        lines.insert(0, "Only one depth was trained, so there is no depth comparison.")
-    out["text"] = " ".join(lines)
-    return out
-
-
-def plot_degradation(report: dict, path: str | Path) -> None:
-    """Figure 6 of the paper: plain nets left, ResNets right; dashed training error, solid test error."""
-    from matplotlib.figure import Figure  # deferred: matplotlib costs a second to import
-
-    fig = Figure(figsize=(11, 4.2), dpi=100)
-    axes = fig.subplots(1, 2, sharey=True)
-    depths = sorted({n["depth"] for n in report["networks"]})
-    colours = {d: f"C{i % 10}" for i, d in enumerate(depths)}
-    for ax, plain in zip(axes, (True, False)):
-        for n in sorted((n for n in report["networks"] if n["plain"] == plain), key=lambda n: n["depth"]):
-            c = n["curves"]
-            label = network_label(n["depth"], plain)
-            ax.plot(c["iteration"], [100 * e for e in c["train_error"]], "--", color=colours[n["depth"]],
-                    lw=1.2, label=f"{label} train")
-            if c.get("running_train_error") is not None and c["running_train_error"] != c["train_error"]:
-                ax.plot(c["iteration"], [100 * e for e in c["running_train_error"]], ":", color=colours[n["depth"]],
-                        lw=0.8, alpha=0.7, label=f"{label} train (running, augmented)")
-            pts = [(i, 100 * e) for i, e in zip(c["iteration"], c["test_error"]) if e is not None]
-            if pts:
-                ax.plot(*zip(*pts), "-", color=colours[n["depth"]], lw=2.2, label=f"{label} test")
-        ax.set_title("plain networks" if plain else "ResNets")
-        ax.set_xlabel("iterations")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    axes[0].set_ylabel("error (%)")
-    px = f" at {report['image_size']} px" if report.get("image_size") else ""
-    zero = ", ResNet branches zero-initialised" if report["recipe"].get("zero_init_residual") else ""
-    fig.suptitle(f"{report['data_name']}, {report['train_images']} training / {report['test_images']} test images{px}, "
-                 f"batch {report['recipe']['batch_size']}{zero}:\ndashed = training error, dotted = running training error, "
-                 f"solid = test error", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path)
-
-
 def run_degradation(depths: Sequence[int], data: str = "synthetic", *, out: str | Path,
                     epochs: int | None = None, budget_minutes: float | None = None,
                     subset: int | None = None, test_subset: int | None = None, train_eval: int = 1000, seed: int = 0,
                     batch_size: int = 128, image_size: int | None = None, device: str = "auto",
                     precision: str = "auto", zero_init_residual: bool = False, overwrite: bool = False,
-                    progress: bool = False) -> dict[str, Any]:
+                    progress: bool = False, on_plan: Callable[[StudyPlan], None] | None = None) -> dict[str, Any]:
     """Train plain and residual nets at each depth; write ``degradation.json`` and ``degradation.png``.
 
     The networks train in rounds of one epoch each (a round continues every run by one epoch),
@@ -278,6 +189,11 @@ def run_degradation(depths: Sequence[int], data: str = "synthetic", *, out: str 
     the next would overrun the budget (or ``epochs`` is reached); the whole study, data
     preparation included, counts. After each round every network's error on ``train_eval``
     fixed training images (0: none) is measured in eval mode.
+
+    Once the number of epochs is fixed (before the first round, or after it under a budget) the
+    plan is logged, and when it gives too few iterations for the paper's initialisation
+    (:func:`.budget.plan_study`) a warning with the ways out is logged before training goes on;
+    ``on_plan``, when given, receives the :class:`.budget.StudyPlan` and reports it instead.
     Returns the report that ``degradation.json`` holds.
     """
     t0 = time.perf_counter()
@@ -299,6 +215,9 @@ def run_degradation(depths: Sequence[int], data: str = "synthetic", *, out: str 
     gen = torch.Generator().manual_seed(seed * 1000 + 3)
     pick = torch.randperm(len(ds.train_labels), generator=gen)[:n_eval].sort().values
     eval_x, eval_y = ds.train_images[pick], ds.train_labels[pick]
+    dev = resolve_device(device)
+    # one precision for every network, chosen by the runtime for this device, so the comparison is fair
+    precision = resolve_precision(precision, dev)
     runs = [(d, plain) for d in depths for plain in (True, False)]
     run_dir = {r: out / "runs" / network_label(*r).lower() for r in runs}
     results: dict[tuple[int, bool], Any] = {}
@@ -325,9 +244,20 @@ def run_degradation(depths: Sequence[int], data: str = "synthetic", *, out: str 
                 fitted[r].append(error_on(run_dir[r] / "last.pt", eval_x, eval_y, device=device, precision=precision))
                 seconds[r] += time.perf_counter() - t
 
+    def announce(plan: StudyPlan) -> StudyPlan:
+        log.info("planned %d epochs (%d iterations) per network%s", plan.epochs, plan.iterations,
+                 "" if plan.first_round is None else f" from the first round's {plan.first_round:.0f} s")
+        if on_plan is not None:
+            on_plan(plan)
+        elif plan.warned:
+            log.warning("%s %s", plan.warning, plan.advice)
+        return plan
+
     budget_s = None if budget_minutes is None else budget_minutes * 60
     cap = int(epochs) if epochs is not None else (10 if budget_s is None else None)
-    planned = cap if cap is not None else UNPLANNED_EPOCHS
+    plan_args = dict(cap=cap, zero_init_residual=zero_init_residual, n_depths=len(depths))
+    plan = announce(plan_study(steps_per_epoch, **plan_args)) if budget_s is None else None
+    planned = plan.epochs if plan is not None else UNPLANNED_EPOCHS
     n_epochs, last_round = 0, 0.0
     while n_epochs < planned:
         if budget_s is not None and n_epochs and not next_round_fits(time.perf_counter() - t0, last_round, budget_s):
@@ -338,11 +268,10 @@ def run_degradation(depths: Sequence[int], data: str = "synthetic", *, out: str 
         n_epochs += 1
         train_to(n_epochs, planned)
         last_round = time.perf_counter() - start
-        if budget_s is not None and n_epochs == 1:
-            planned = 1 + rounds_that_fit(time.perf_counter() - t0, last_round, budget_s)
-            planned = min(planned, cap) if cap is not None else planned
-            log.info("planned %d epochs (%d iterations) per network from the first round's %.0f s",
-                     planned, planned * steps_per_epoch, last_round)
+        if plan is None:
+            plan = announce(plan_study(steps_per_epoch, budget_s=budget_s, elapsed=time.perf_counter() - t0,
+                                       first_round=last_round, **plan_args))
+            planned = plan.epochs
         log.info("round %d of %d took %.0f s (%.0f s used%s)", n_epochs, planned, last_round,
                  time.perf_counter() - t0, "" if budget_s is None else f" of {budget_s:.0f} s")
 
@@ -363,12 +292,11 @@ def run_degradation(depths: Sequence[int], data: str = "synthetic", *, out: str 
     elapsed = round(time.perf_counter() - t0, 1)
     if budget_s is not None and elapsed > budget_s:
         log.warning("the study took %.0f s, over its budget of %.0f s", elapsed, budget_s)
-    dev = resolve_device(device)
     report: dict[str, Any] = {
         "study": "degradation", "data": str(data), "data_name": ds.name,
         "train_images": len(ds.train_labels), "test_images": len(ds.test_labels),
         "subset": subset, "test_subset": test_subset, "seed": seed,
-        "device": str(dev), "precision": resolve_precision(precision, dev),
+        "device": str(dev), "precision": precision, "cpu": cpu_description(),
         "image_size": ds.image_size,
         "recipe": {**STUDY_RECIPE, "batch_size": batch_size, "lr": study_lr(batch_size),
                    "zero_init_residual": bool(zero_init_residual), "epochs": n_epochs,
@@ -376,6 +304,11 @@ def run_degradation(depths: Sequence[int], data: str = "synthetic", *, out: str 
                    "iterations": n_epochs * steps_per_epoch, "iterations_per_epoch": steps_per_epoch,
                    "warmup_iterations": min(WARMUP_ITERS, steps_per_epoch)},
         "budget": {"minutes": budget_minutes, "seconds": elapsed},
+        "plan": {"planned_iterations": plan.iterations, "completed_iterations": n_epochs * steps_per_epoch,
+                 "min_iterations": plan.min_iterations, "warning_fired": plan.warned,
+                 "warning": None if not plan.warned else f"{plan.warning} {plan.advice}",
+                 "budget_minutes_needed": (None if plan.budget_minutes_needed is None
+                                           else round(plan.budget_minutes_needed, 1))},
         "train_eval_images": n_eval,
         "train_error_definition": (f"top-1 error on {n_eval} fixed training images (no augmentation, eval mode) "
                                    "after each epoch" if n_eval else
