@@ -29,12 +29,14 @@ def test_gpu_script_smoke_mode_on_cpu(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = tmp_path / "out"
     names = sorted(p.name for p in out.glob("*.json"))
-    assert names == ["throughput_resnet18_cifar.json", "throughput_resnet20.json", "tta_fast.json",
+    assert names == ["throughput_resnet18_cifar.json", "throughput_resnet20.json", "tta_cpu_fast.json", "tta_fast.json",
                      "tta_resnet18_120s.json", "tta_resnet18_30s.json"]
     tp = json.loads((out / "throughput_resnet20.json").read_text())
     assert {r["name"] for r in tp["rows"]} == {"resnetkit", "tutorial", "ceiling"}
     assert tp["resnetkit_over_tutorial"] > 0 and tp["resnetkit_over_ceiling"] > 0
     fast = json.loads((out / "tta_fast.json").read_text())
     assert fast["model"] == "resnet9" and len(fast["runs"]) == 1 and 0 <= fast["top1_mean"] <= 1
+    cpu_fast = json.loads((out / "tta_cpu_fast.json").read_text())
+    assert cpu_fast["model"] == "resnet_cpu" and cpu_fast["recipe"] == "cpu-fast" and len(cpu_fast["runs"]) == 1
     table = proc.stdout.strip().splitlines()
-    assert table[-6].startswith("measurement") and "throughput resnet20" in proc.stdout
+    assert table[-7].startswith("measurement") and "throughput resnet20" in proc.stdout
