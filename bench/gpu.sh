@@ -33,6 +33,8 @@ rk bench throughput --model resnet20 --data "$DATA" --device "$DEV" --batch-size
   --json "$OUT/throughput_resnet20.json" $TUT
 rk bench time-to-accuracy --recipe fast --data "$DATA" --device "$DEV" --seeds "$SEEDS" $EP \
   --out "$OUT/runs/fast" --json "$OUT/tta_fast.json"
+rk bench time-to-accuracy --recipe cpu-fast --data "$DATA" --device "$DEV" --seeds "$SEEDS" $EP \
+  --out "$OUT/runs/cpu_fast" --json "$OUT/tta_cpu_fast.json"
 rk bench time-to-accuracy --recipe default --model resnet18_cifar --data "$DATA" --device "$DEV" --seeds 1 $B30 \
   --batch-size "$BS" --out "$OUT/runs/r18_30s" --json "$OUT/tta_resnet18_30s.json"
 rk bench time-to-accuracy --recipe default --model resnet18_cifar --data "$DATA" --device "$DEV" --seeds 1 $B120 \

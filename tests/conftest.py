@@ -23,8 +23,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every test gets its own resnetkit cache unless it asks for the session one."""
+    """Every test gets its own resnetkit cache unless it asks for the session one; the CPU
+    precision probe is off (it would time every new model in every fresh cache) unless a test
+    turns it on."""
     monkeypatch.setenv("RESNETKIT_CACHE", str(tmp_path_factory.mktemp("cache")))
+    monkeypatch.setenv("RESNETKIT_PRECISION_PROBE", "off")
 
 
 @pytest.fixture(scope="session")

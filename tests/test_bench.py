@@ -29,7 +29,7 @@ def test_gpu_script_smoke_mode_on_cpu(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = tmp_path / "out"
     names = sorted(p.name for p in out.glob("*.json"))
-    assert names == ["throughput_resnet18_cifar.json", "throughput_resnet20.json", "tta_fast.json",
+    assert names == ["throughput_resnet18_cifar.json", "throughput_resnet20.json", "tta_cpu_fast.json", "tta_fast.json",
                      "tta_resnet18_120s.json", "tta_resnet18_30s.json"]
     tp = json.loads((out / "throughput_resnet20.json").read_text())
     assert {r["name"] for r in tp["rows"]} == {"resnetkit", "tutorial", "ceiling"}
@@ -39,6 +39,10 @@ def test_gpu_script_smoke_mode_on_cpu(tmp_path):
     study = json.loads((out / "study-degradation" / "degradation.json").read_text())
     assert [n["name"] for n in study["networks"]] == ["plain-8", "ResNet-8"] and study["train_images"] == 64
     assert study["plan"]["completed_iterations"] == study["plan"]["planned_iterations"] == 64 // 8
+    cpu_fast = json.loads((out / "tta_cpu_fast.json").read_text())
+    assert cpu_fast["model"] == "resnet_cpu" and cpu_fast["recipe"] == "cpu-fast" and len(cpu_fast["runs"]) == 1
     table = proc.stdout.strip().splitlines()
-    assert table[-7].startswith("measurement") and "throughput resnet20" in proc.stdout
+    header = [i for i, line in enumerate(table) if line.startswith("measurement")]
+    assert header and len(table) - header[-1] == 8, table[-10:]  # the header and 7 rows
+    assert "throughput resnet20" in proc.stdout and "cpu-fast" in proc.stdout
     assert table[-1].startswith("study degradation (64 training images)") and "8 of 8 planned iterations" in table[-1]

@@ -29,9 +29,11 @@ from .io import write_json
 from .models import model_info
 from .plots import plot_confusion
 from .predict import Prediction, draw_grid, expand_inputs, predict, predict_paths
+from .runtime.cpuinfo import CpuFacts, collect
 from .runtime.device import resolve_device, resolve_precision
 from .runtime.inference import evaluate as evaluate_loader
 from .runtime.loaders import eval_loader
+from .runtime.probe import ProbeDecision, decide
 from .study.degradation import run_degradation as study_degradation
 from .study.gradients import run_gradients as study_gradients
 from .training.config import Recipe, TrainConfig, list_recipes, resolve_config
@@ -42,8 +44,9 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "RESUME_OVERRIDABLE", "ExportResult", "Prediction", "Recipe", "RunResult", "__version__", "bench_throughput",
-    "bench_time_to_accuracy", "draw_grid", "evaluate", "export", "list_recipes", "load_checkpoint",
-    "machine_info", "model_summary", "model_table", "predict", "predict_files", "resume", "save_json",
+    "bench_time_to_accuracy", "cpu_facts", "draw_grid", "evaluate", "export", "list_recipes", "load_checkpoint",
+    "machine_info", "model_summary", "model_table", "precision_probe", "predict", "predict_files", "resume",
+    "save_json",
     "study_degradation", "study_gradients", "train",
 ]
 
@@ -171,6 +174,17 @@ def bench_time_to_accuracy(recipe: str, data: str, seeds: list[int], out_root: s
     report = time_to_accuracy(recipe, data, seeds, out_root, **options)
     report["machine"] = machine_info()
     return report
+
+
+def cpu_facts(amx_check: bool = True) -> CpuFacts:
+    """CPU model, speed-relevant flags, threads, torch/oneDNN build, and whether AMX kernels run."""
+    return collect(run_amx_check=amx_check)
+
+
+def precision_probe(model: str, batch_size: int, image_size: int = 32, *, refresh: bool = False) -> ProbeDecision:
+    """What ``--precision auto`` picks on this CPU for ``model`` at this batch and size (timed or cached)."""
+    model_info(model)  # an unknown name is a one-sentence error before any work
+    return decide(model, {}, batch_size, image_size, device=torch.device("cpu"), refresh=refresh)
 
 
 def machine_info() -> dict[str, Any]:

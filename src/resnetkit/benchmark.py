@@ -27,9 +27,11 @@ from torch import nn
 from .data.dataset import ImageData
 from .data.loader import DeviceLoader
 from .data.prepare import prepare_data
+from .errors import UserError
 from .models import create_model
-from .runtime.device import autocast, resolve_channels_last, resolve_device, resolve_precision, synchronize
+from .runtime.device import autocast, resolve_device, synchronize
 from .runtime.loaders import batch_dtype
+from .runtime.probe import cpu_model_and_flags, resolve_precision_layout
 from .training.config import resolve_config
 from .training.optim import build_sgd
 from .training.trainer import fit
@@ -110,8 +112,9 @@ def throughput(model_name: str, data: ImageData, *, device: str = "auto", precis
                tutorial_batch_size: int = 128, include_tutorial: bool = True) -> list[Throughput]:
     """Measure (a) resnetkit, (b) the tutorial pipeline, (c) the ceiling, in this order."""
     dev = resolve_device(device)
-    prec = resolve_precision(precision, dev)
-    cl = resolve_channels_last(channels_last, dev, prec)
+    prec, cl = resolve_precision_layout(precision, channels_last, dev, model_name=model_name, model_kwargs={},
+                                        batch_size=batch_size, image_size=data.image_size,
+                                        num_classes=data.num_classes, in_channels=int(data.train_images.shape[1]))
     dtype = batch_dtype(prec)
     results = []
 
@@ -162,45 +165,94 @@ class SeedRun:
     train_seconds: float
     compile_seconds: float
     prep_seconds: float
+    eval_seconds: float
     wall_seconds: float
     epochs: float
+    target_seconds: float | None = None  # training seconds until the check first reached the target
+    target_epoch: int | None = None
+    check_curve: list[float] | None = None  # the held-out check's top-1 after each epoch
 
 
 def epochs_for_budget(model_name: str, data: ImageData, budget_seconds: float, batch_size: int, *,
-                      device: str = "auto", precision: str = "auto", safety: float = 0.92) -> float:
-    """Epochs that fit ``budget_seconds`` of training, from a short throughput calibration."""
+                      device: str = "auto", precision: str = "auto", safety: float = 0.92,
+                      image_size: int | None = None) -> float:
+    """Epochs that fit ``budget_seconds`` of training, from a short throughput calibration.
+
+    With progressive resizing, ``image_size`` is the mean training size: the cost of a step
+    scales with the pixel count, so the calibration at full size is scaled by ``(S / size)**2``.
+    """
     r = throughput(model_name, data, device=device, precision=precision, batch_size=batch_size,
                    steps=8, warmup=2, include_tutorial=False)[0]
-    return max(0.05, safety * budget_seconds * r.images_per_s / len(data.train_labels))
+    scale = (data.image_size / image_size) ** 2 if image_size else 1.0
+    return max(0.05, safety * budget_seconds * r.images_per_s * scale / len(data.train_labels))
+
+
+def _target_time(history: list[dict], target: float) -> tuple[float | None, int | None]:
+    """Cumulative training seconds (and epoch) at the first epoch whose check reached ``target``."""
+    spent = 0.0
+    for row in history:
+        spent += row["seconds"]
+        if row.get("val_acc") is not None and row["val_acc"] >= target:
+            return spent, int(row["epoch"])
+    return None, None
 
 
 def time_to_accuracy(recipe: str, data_source: str, seeds: list[int], out_root: str, *,
                      epochs: float | None = None, budget_seconds: float | None = None,
+                     target: float | None = None, check_images: int = 2500,
                      progress: bool = False, **overrides) -> dict:
-    """Run ``recipe`` once per seed with a fixed budget; mean +- std of time and final accuracy.
+    """Run ``recipe`` once per seed with a fixed budget; mean +- std of accuracy and of the times.
 
     The speedrun convention: the budget is fixed in advance (epochs, or seconds converted to
     epochs by a calibration before the first run), no early stopping and no epoch picking on the
-    test set; the reported accuracy is each run's final test top-1. Compile time is apart.
+    test set; the reported accuracy is each run's final test top-1. Wall time is split into data
+    preparation, training and the final test evaluation; compile time is apart.
+
+    With ``target``, ``check_images`` training images are held out (a fixed, seeded subset, the
+    same for every seed) and evaluated after each epoch only to report when the run first
+    reached the target; nothing stops or is chosen on it. Those runs train on the rest.
     """
-    cfg = resolve_config(recipe, data=data_source, **overrides)
+
+
+    base = dict(overrides)
+    if target is not None:
+        if not 0 < target <= 1:
+            raise UserError(f"--target is a top-1 accuracy in (0, 1], got {target}")
+        if check_images < 1:
+            raise UserError(f"--check-images must be positive, got {check_images}")
+        base["val_split"] = check_images
+    cfg = resolve_config(recipe, data=data_source, **base)
+    t0 = time.perf_counter()
     data = prepare_data(data_source, dataset=cfg.dataset, image_size=cfg.image_size, progress=progress)
+    first_prep = time.perf_counter() - t0
     if budget_seconds is not None:
+        sizes = cfg.progressive_sizes
+        mean_size = (sum(v * v for v in sizes) / len(sizes)) ** 0.5 if sizes else None
         epochs = epochs_for_budget(cfg.model, data, budget_seconds, cfg.batch_size, device=cfg.device,
-                                   precision=cfg.precision)
+                                   precision=cfg.precision, image_size=mean_size)
         log.info("budget %.0f s -> %.2f epochs", budget_seconds, epochs)
-    runs = []
+    del data
+    runs, last = [], None
     for seed in seeds:
         run_cfg = resolve_config(recipe, data=data_source, seed=seed, epochs=epochs, eval_every=0,
-                                 out=f"{out_root}/seed{seed}", overwrite=True, **overrides)
-        r = fit(run_cfg, progress=progress)
-        runs.append(SeedRun(seed, r.test_top1, r.train_seconds, r.compile_seconds, r.prep_seconds,
-                            r.wall_seconds, float(r.config["epochs"])))
-    acc_m, acc_s = mean_std([r.top1 for r in runs])
-    t_m, t_s = mean_std([r.train_seconds for r in runs])
-    return {"recipe": recipe, "model": cfg.model, "data": data_source, "epochs": runs[0].epochs if runs else epochs,
-            "budget_seconds": budget_seconds, "seeds": seeds, "runs": [r.__dict__ for r in runs],
-            "top1_mean": acc_m, "top1_std": acc_s, "train_seconds_mean": t_m, "train_seconds_std": t_s,
-            "compile_seconds_mean": mean_std([r.compile_seconds for r in runs])[0],
-            "prep_seconds_mean": mean_std([r.prep_seconds for r in runs])[0],
-            "wall_seconds_mean": mean_std([r.wall_seconds for r in runs])[0]}
+                                 out=f"{out_root}/seed{seed}", overwrite=True, **base)
+        last = fit(run_cfg, progress=progress)
+        hit_s, hit_e = _target_time(last.history, target) if target is not None else (None, None)
+        curve = [row["val_acc"] for row in last.history if "val_acc" in row] if target is not None else None
+        runs.append(SeedRun(seed, last.test_top1, last.train_seconds, last.compile_seconds, last.prep_seconds,
+                            last.eval_seconds, last.wall_seconds, float(last.config["epochs"]), hit_s, hit_e, curve))
+    out: dict = {"recipe": recipe, "model": cfg.model, "data": data_source,
+                 "epochs": runs[0].epochs if runs else epochs, "budget_seconds": budget_seconds, "seeds": seeds,
+                 "precision": last.precision if last else None,
+                 "channels_last": last.channels_last if last else None,
+                 "cpu": cpu_model_and_flags()[0], "threads": torch.get_num_threads(),
+                 "first_prep_seconds": first_prep, "runs": [r.__dict__ for r in runs]}
+    for name, attr in (("top1", "top1"), ("train_seconds", "train_seconds"), ("prep_seconds", "prep_seconds"),
+                       ("eval_seconds", "eval_seconds"), ("compile_seconds", "compile_seconds"),
+                       ("wall_seconds", "wall_seconds")):
+        out[f"{name}_mean"], out[f"{name}_std"] = mean_std([getattr(r, attr) for r in runs])
+    if target is not None:
+        hits = [r.target_seconds for r in runs if r.target_seconds is not None]
+        out.update(target=target, check_images=check_images, target_reached=len(hits))
+        out["target_seconds_mean"], out["target_seconds_std"] = mean_std(hits)
+    return out

@@ -18,6 +18,7 @@ from torch import nn
 from ..errors import UserError
 from .resnet import ResNet
 from .resnet9 import ResNet9
+from .resnet_cpu import ResNetCPU
 
 
 @dataclass(frozen=True)
@@ -137,3 +138,6 @@ for _d, _k in ((16, 4), (16, 8), (28, 10), (40, 4)):
 # ResNet-9 (Page 2018), the speed-record net, and a half-width version for CPUs.
 register("resnet9", "resnet9", _CIFAR, builder=ResNet9, num_classes=10)
 register("resnet9_half", "resnet9", _CIFAR, builder=ResNet9, num_classes=10, width_mult=0.5)
+
+# A CPU-first residual net (patchify stem, ResNet-9 stages); sized by measured cost per image.
+register("resnet_cpu", "resnet-cpu", _CIFAR, builder=ResNetCPU, num_classes=10)

@@ -23,9 +23,7 @@ from ..data.prepare import prepare_data
 from ..errors import UserError
 from ..models import create_model
 from ..runtime.device import (
-    resolve_channels_last,
     resolve_device,
-    resolve_precision,
     rng_state,
     seed_everything,
     set_deterministic,
@@ -34,6 +32,7 @@ from ..runtime.device import (
 )
 from ..runtime.inference import predict_logits
 from ..runtime.loaders import batch_dtype, eval_loader
+from ..runtime.probe import resolve_precision_layout
 from .config import TrainConfig
 from .distributed import DistContext
 from .loop import StepState, train_epoch
@@ -100,8 +99,6 @@ def _split(data: ImageData, n_val: int, seed: int):
 def build(cfg: TrainConfig, ckpt: dict | None, dist: DistContext, data: ImageData | None,
           progress: bool = False) -> Setup:
     device = resolve_device(cfg.device)
-    precision = resolve_precision(cfg.precision, device)
-    channels_last = resolve_channels_last(cfg.channels_last, device, precision)
     seed_everything(cfg.seed)
     set_deterministic(cfg.deterministic, device)
     if device.type == "cuda" and not cfg.deterministic:
@@ -120,6 +117,7 @@ def build(cfg: TrainConfig, ckpt: dict | None, dist: DistContext, data: ImageDat
         raise UserError(f"--batch-size {cfg.batch_size} must be divisible by the {dist.world_size} processes")
     per_rank = cfg.batch_size // dist.world_size
     tx, ty, vx, vy = _split(data, cfg.val_split, cfg.seed)
+    precision, channels_last = _precision_layout(cfg, device, dist, data, per_rank)
     if cfg.batch_size > len(tx):
         raise UserError(f"--batch-size {cfg.batch_size} is larger than the {len(tx)} training images")
 
@@ -163,6 +161,18 @@ def build(cfg: TrainConfig, ckpt: dict | None, dist: DistContext, data: ImageDat
     log.info("device %s, precision %s, channels_last %s, %d train / %d test images, %d classes",
              device, precision, channels_last, len(tx), len(data.test_labels), data.num_classes)
     return s
+
+
+def _precision_layout(cfg: TrainConfig, device: torch.device, dist: DistContext, data: ImageData,
+                      per_rank: int) -> tuple[str, bool]:
+    """Resolved on rank 0 (``auto`` on a CPU runs the timing probe) and shared with every rank."""
+    choice = None
+    if dist.is_main:
+        choice = resolve_precision_layout(
+            cfg.precision, cfg.channels_last, device, model_name=cfg.model, model_kwargs=cfg.model_kwargs,
+            batch_size=per_rank, image_size=max(cfg.progressive_sizes or [data.image_size]),
+            num_classes=data.num_classes, in_channels=int(data.train_images.shape[1]))
+    return tuple(dist.broadcast_object(choice))  # type: ignore[return-value]
 
 
 def _warm_up_compiled(s: Setup) -> float:

@@ -54,6 +54,9 @@ class RunResult:
     wall_seconds: float
     config: dict = field(default_factory=dict)
     classes: list[str] = field(default_factory=list)
+    eval_seconds: float = 0.0  # the final test evaluation
+    precision: str = ""  # as resolved (``auto`` made concrete)
+    channels_last: bool = False
 
     @property
     def test_top1(self) -> float:
@@ -144,7 +147,7 @@ class Trainer:
         self.stop_at = cfg.stop_after_steps  # like a signal at that step: the schedule stays the full run's
         self.steps_logged = 0  # this epoch's step losses already in steps.jsonl
         self.compile_seconds = 0.0
-        self.tested: tuple[int, dict] | None = None  # (global step, metrics) of the last test pass
+        self.tested: tuple[int, dict, float] | None = None  # (global step, metrics, seconds) of the last test pass
         self.signal: str | None = None  # the name of a SIGTERM/SIGINT received
         self.vote = dist_ctx.stop_vote()  # under DDP every rank stops after the same step
         self.bar: Any = None
@@ -240,8 +243,9 @@ class Trainer:
             if self.best["value"] is None or v["top1"] > self.best["value"]:
                 self.best.update(value=v["top1"], epoch=state.epoch + 1)
         if last_epoch or (cfg.eval_every and (state.epoch + 1) % cfg.eval_every == 0):
+            e0 = time.perf_counter()
             t = self.evaluate(s.test_loader)
-            self.tested = (state.global_step, t)
+            self.tested = (state.global_step, t, time.perf_counter() - e0)
             row.update(test_loss=t["loss"], test_acc=t["top1"], test_top5=t["top5"])
         self.history.append(row)
         if self.writer is not None:
@@ -285,13 +289,16 @@ class Trainer:
                     break
         self.vote.close()
         # the last epoch's test pass already saw these weights unless training went on after it
-        done = self.tested is not None and self.tested[0] == state.global_step
-        final = self.tested[1] if done else self.evaluate(s.test_loader)
+        if self.tested is None or self.tested[0] != state.global_step:
+            e0 = time.perf_counter()
+            self.tested = (state.global_step, self.evaluate(s.test_loader), time.perf_counter() - e0)
+        final, eval_seconds = self.tested[1], self.tested[2]
         train_seconds = sum(r["seconds"] for r in self.history) - self.compile_seconds
         result = RunResult(
             out_dir=Path(self.cfg.out) if self.cfg.out else None, history=self.history, test=final,
             prep_seconds=s.prep_seconds, train_seconds=train_seconds, compile_seconds=self.compile_seconds,
             wall_seconds=time.perf_counter() - wall0, config=self.cfg.to_dict(), classes=s.data.classes,
+            eval_seconds=eval_seconds, precision=s.precision, channels_last=s.channels_last,
         )
         if self.writer is not None:
             self.writer.finish(result)

@@ -1,0 +1,96 @@
+"""ResNet-CPU: a small residual network sized by measured cost per image on CPUs.
+
+On a CPU the time of a training step follows the multiply-adds at each resolution, and small
+layers run far below peak: ResNet-20 (41M multiply-adds per image, 16-64 channels at full
+resolution) trains at about 290 img/s in fp32 on 2 AVX2 cores, ResNet-9 (Page 2018) at about 40.
+This network therefore
+
+- downsamples first: a 2x2 stride-2 "patchify" stem (the patch embedding of ViT, Dosovitskiy et
+  al. 2021, and ConvNeXt, Liu et al. 2022; a 2x2 first layer as in airbench, Jordan 2024), so no
+  3x3 convolution ever runs at 32x32;
+- then follows ResNet-9's layout (Page 2018): per stage a 3x3 conv, a 2x2 max-pool, BatchNorm
+  and ReLU, with an identity residual pair of 3x3 convs after chosen stages;
+- uses channel widths that are multiples of 16 (oneDNN's AVX2 / AVX-512 / AMX blocks);
+- ends with global max pooling and a linear head whose logits are scaled by 1/8 (Page 2018).
+
+BatchNorm uses a fast-moving average (PyTorch ``momentum`` 0.4, i.e. 0.6 of the old value kept)
+so its running statistics track weights that change quickly in a run of a few epochs (airbench
+keeps 0.4 of the old value; Jordan 2024). Nothing here is CPU-specific: it runs unchanged on GPUs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .base import ClassifierAPI
+
+
+def _conv_pool_bn_relu(c_in: int, c_out: int, pool: bool, bn_momentum: float) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)]
+    if pool:
+        layers.append(nn.MaxPool2d(2))  # pool before BN: 4x fewer pixels to normalise (Page 2018)
+    layers += [nn.BatchNorm2d(c_out, momentum=bn_momentum), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers)
+
+
+class ResidualPair(nn.Module):
+    """``x + f(f(x))`` with ``f`` = conv3x3-BN-ReLU: ResNet-9's residual unit (identity shortcut)."""
+
+    def __init__(self, channels: int, bn_momentum: float) -> None:
+        super().__init__()
+        self.branch = nn.Sequential(_conv_pool_bn_relu(channels, channels, False, bn_momentum),
+                                    _conv_pool_bn_relu(channels, channels, False, bn_momentum))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.branch(x)
+
+
+class ResNetCPU(ClassifierAPI):
+    """Patchify stem, then ``len(widths)`` conv-pool stages; ``residual[i]`` adds a pair after stage i.
+
+    ``stem_width`` channels come out of the 2x2 stride-2 stem; stage ``i`` maps to ``widths[i]``
+    channels and halves the resolution, so a 32x32 image is 16x16 after the stem and
+    ``16 / 2**len(widths)`` at the end (global max pooling makes any size work).
+    """
+
+    fc_bias = False
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, stem_width: int = 24,
+                 widths: tuple[int, ...] = (64, 128, 256), residual: tuple[bool, ...] = (False, True, False),
+                 bn_momentum: float = 0.4, logit_scale: float = 0.125) -> None:
+        super().__init__()
+        widths, residual = tuple(int(w) for w in widths), tuple(bool(r) for r in residual)
+        if len(widths) != len(residual) or not widths:
+            raise ValueError(f"widths {widths} and residual {residual} need the same, non-zero length")
+        if not 0 < bn_momentum <= 1:
+            raise ValueError(f"bn_momentum must be in (0, 1], got {bn_momentum}")
+        self.in_channels = in_channels
+        self.num_classes = num_classes
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, stem_width, 2, stride=2, bias=False),
+                                  nn.BatchNorm2d(stem_width, momentum=bn_momentum), nn.ReLU(inplace=True))
+        stages = []
+        c = stem_width
+        for w, res in zip(widths, residual):
+            parts: list[nn.Module] = [_conv_pool_bn_relu(c, w, True, bn_momentum)]
+            if res:
+                parts.append(ResidualPair(w, bn_momentum))
+            stages.append(nn.Sequential(*parts))
+            c = w
+        self.layers = nn.Sequential(*stages)
+        self.stage_names = ["stem"] + [f"layers.{i}" for i in range(len(widths))]
+        self.num_features = c
+        self.pool = nn.AdaptiveMaxPool2d(1)
+        self.logit_scale = logit_scale
+        self.fc: nn.Module = self._new_classifier(num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        return self.layers(self.stem(x))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = torch.flatten(self.pool(x), 1)
+        return x if pre_logits else self.fc(x) * self.logit_scale

@@ -1,0 +1,58 @@
+"""resnet_cpu: shapes at several sizes, a training step, the parameter count and its cost."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from resnetkit.models import create_model, list_models
+
+
+def test_registered_with_parameter_count():
+    assert "resnet_cpu" in list_models("resnet_cpu")
+    m = create_model("resnet_cpu")
+    # stem 3*24*4 + BN; convs 24->64, 64->128, 2x 128->128, 128->256 (3x3, no bias) + BNs; fc 256*10, no bias
+    assert sum(p.numel() for p in m.parameters()) == 681_680
+    assert sum(p.numel() for p in create_model("resnet_cpu", num_classes=100).parameters()) == 681_680 + 256 * 90
+
+
+def test_multiply_adds_are_well_below_resnet20():
+    def madds(name: str) -> float:
+        with FlopCounterMode(display=False) as f:
+            create_model(name)(torch.randn(1, 3, 32, 32))
+        return f.get_total_flops() / 2
+
+    cpu, r20 = madds("resnet_cpu"), madds("resnet20")
+    assert 17.5e6 < cpu < 18.1e6 and cpu < 0.45 * r20
+
+
+@pytest.mark.parametrize("size", [16, 24, 28, 32])
+def test_forward_backward_at_progressive_sizes(size):
+    torch.manual_seed(0)
+    m = create_model("resnet_cpu", num_classes=7).to(memory_format=torch.channels_last)
+    x = torch.randn(4, 3, size, size).contiguous(memory_format=torch.channels_last)
+    out = m(x)
+    assert out.shape == (4, 7) and torch.isfinite(out).all()
+    F.cross_entropy(out, torch.tensor([0, 1, 2, 3])).backward()
+    grads = [p.grad for p in m.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert m.stem[0].weight.grad.abs().sum() > 0
+
+
+def test_residual_pair_is_identity_plus_branch():
+    m = create_model("resnet_cpu", stem_width=16, widths=(32, 32), residual=(True, False)).eval()
+    pair = m.layers[0][1]
+    x = torch.randn(2, 32, 8, 8)
+    torch.testing.assert_close(pair(x), x + pair.branch(x))
+    assert m.num_features == 32 and m.layers[0][0][2].momentum == pytest.approx(0.4)
+
+
+def test_bad_options_are_user_errors():
+    from resnetkit.errors import UserError
+
+    with pytest.raises(UserError, match="same, non-zero length"):
+        create_model("resnet_cpu", widths=(32, 64), residual=(True,))
+    with pytest.raises(UserError, match="bn_momentum"):
+        create_model("resnet_cpu", bn_momentum=0.0)
