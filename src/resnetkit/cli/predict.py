@@ -17,7 +17,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "Unreadable files are reported on stderr and the others still classified; the exit "
                     "code is then 1.",
     )
-    p.add_argument("checkpoint", help="a resnetkit checkpoint (.pt) or a safetensors export")
+    p.add_argument("checkpoint", help="a resnetkit checkpoint (.pt) or an export of one (.safetensors, .onnx, .torchscript)")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER_OR_GLOB",
                    help="image files, folders (searched recursively) or quoted glob patterns")
     p.add_argument("--top-k", type=int, default=5, help="how many classes to list per image (default 5)")
