@@ -13,6 +13,7 @@ import functools
 import logging
 import os
 import platform
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -49,17 +50,36 @@ __all__ = [
 ]
 
 
+NO_DATA = ("no training data given; set <<data>> to an image folder or archive (train/<class>/ and test/<class>/ "
+           "images), a CIFAR directory or archive, 'cifar10' or 'cifar100' (with <<download>>), or 'synthetic' "
+           "for generated images")
+
+
+def interactive() -> bool:
+    """Whether a person is probably watching: stderr is a terminal, or this is a Jupyter kernel."""
+    try:
+        return sys.stderr.isatty() or "ipykernel" in sys.modules
+    except (AttributeError, ValueError):  # a replaced or closed stderr
+        return False
+
+
 # ---------------------------------------------------------------------------------- training
 def train(model: str | None = None, data: str | None = None, recipe: str | None = None, *,
-          progress: bool = False, **options: Any) -> RunResult:
+          progress: bool | None = None, **options: Any) -> RunResult:
     """Train a model and return its :class:`~resnetkit.training.trainer.RunResult`.
 
-    Example: ``resnetkit.train("resnet20", "synthetic", epochs=2, out="runs/demo")``. Options are
-    :class:`~resnetkit.training.config.TrainConfig` fields; ``None`` values keep the recipe's.
+    Example: ``resnetkit.train("resnet20", "path/to/folder", epochs=2, out="runs/demo")``. Options
+    are :class:`~resnetkit.training.config.TrainConfig` fields; ``None`` values keep the recipe's.
+    ``data`` is required ('synthetic' asks for generated images). A progress bar is drawn on
+    stderr when run interactively (``progress=None``); ``progress=False`` silences it.
     To continue a run, use :func:`resume`.
     """
     if "resume" in options:
         raise UserError("train() starts a new run; continue one with resnetkit.resume(run_dir)")
+    if progress is None:
+        progress = interactive()
+    if data is None and options.get("dataset") != "synthetic":
+        raise UserError(NO_DATA)
     cfg = resolve_config(recipe, model=model, data=data, **options)
     return fit(cfg, progress=progress)
 
@@ -69,14 +89,15 @@ def recipe_defaults(recipe: str) -> dict[str, Any]:
     return resolve_recipe_defaults(recipe)
 
 
-def resume(run_dir: str | Path, *, progress: bool = False, **overrides: Any) -> RunResult:
+def resume(run_dir: str | Path, *, progress: bool | None = None, **overrides: Any) -> RunResult:
     """Continue the run in ``run_dir`` (or from a ``last.pt``) exactly where it stopped.
 
+    A progress bar is drawn when run interactively (``progress=None``); ``progress=False`` silences it.
     The settings come from the checkpoint; ``overrides`` may change only the keys in
     :data:`RESUME_OVERRIDABLE` (``epochs``, ``device``, stop points and logging); ``None`` values
     are ignored, any other key is refused.
     """
-    return fit(resume=run_dir, resume_overrides=overrides, progress=progress)
+    return fit(resume=run_dir, resume_overrides=overrides, progress=interactive() if progress is None else progress)
 
 
 # ---------------------------------------------------------------------------------- checkpoints

@@ -46,6 +46,7 @@ def save_checkpoint(path: Path, logit_scale: float = 1.0, classes: list[str] = C
     """
     from resnetkit.checkpoint import FORMAT, FORMAT_VERSION, atomic_save
 
+    path.parent.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     model = create_model("resnet20", num_classes=len(classes), width_mult=0.5)
     with torch.no_grad():
