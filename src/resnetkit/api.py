@@ -36,14 +36,14 @@ from .runtime.inference import evaluate as evaluate_loader
 from .runtime.loaders import eval_loader
 from .study.degradation import run_degradation as study_degradation
 from .study.gradients import run_gradients as study_gradients
-from .training.config import Recipe, TrainConfig, list_recipes, resolve_config, resolve_recipe_defaults
+from .training.config import BATCH_FRACTION, Recipe, TrainConfig, list_recipes, resolve_config, resolve_recipe_defaults
 from .training.trainer import RESUME_OVERRIDABLE, RunResult, fit
 from .version import __version__
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "RESUME_OVERRIDABLE", "ExportResult", "Prediction", "Recipe", "RunResult", "__version__", "bench_throughput",
+    "BATCH_FRACTION", "RESUME_OVERRIDABLE", "ExportResult", "Prediction", "Recipe", "RunResult", "__version__", "bench_throughput",
     "bench_time_to_accuracy", "draw_grid", "evaluate", "export", "list_recipes", "load_checkpoint", "recipe_defaults",
     "machine_info", "model_summary", "model_table", "predict", "predict_files", "resume", "save_json",
     "study_degradation", "study_gradients", "train",

@@ -117,7 +117,7 @@ def test_every_train_option_has_help_with_the_recipe_default(capsys: pytest.Capt
     assert "(default: None)" not in text and "None" not in text
     flat = " ".join(text.split())
     assert "peak learning rate (default: 0.2, from recipe 'default')" in flat
-    assert "(default: 30, from recipe 'default')" in flat and "(default: 256, at most 1/8" in flat
+    assert "(default: 30, from recipe 'default')" in flat and "(default: 256, at most 1/16" in flat
     for name in ("tutorial", "default", "fast"):
         assert any(line.startswith(name + " ") for line in text.splitlines())  # the recipes table
     parser = _subparser(build_parser(), "train")

@@ -12,7 +12,6 @@ from typing import Any
 
 from .. import api
 
-
 MAX_EPOCHS = 100_000  # far beyond any real run (the longest CIFAR recipes train a few thousand epochs)
 
 
@@ -73,13 +72,12 @@ def fill_recipe_defaults(parser: argparse.ArgumentParser, recipe: str) -> None:
                 and "(default:" not in action.help):
             shown = _shown(action.dest, values[action.dest])
             if action.dest == "batch_size":
-                shown += f", at most 1/{BATCH_FRACTION} of the training images"
+                shown += f", at most 1/{api.BATCH_FRACTION} of the training images, lr scaled with it"
             action.help = f"{action.help} (default: {shown}, from recipe '{recipe}')".replace("%", "%%") \
                 if "%" not in action.help else f"{action.help} (default: {shown}, from recipe '{recipe}')"
 
 
-NO_DEFAULT_SHOWN = ("data", "out", "recipe", "resume")
-BATCH_FRACTION = 8
+NO_DEFAULT_SHOWN = ("data", "out", "recipe", "resume", "adapt_batch")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

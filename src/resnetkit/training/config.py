@@ -61,6 +61,7 @@ class TrainConfig:
     backbone_lr_mult: float = 1.0
     sync_bn: bool = False
     tensorboard: bool = False
+    adapt_batch: bool = True  # cap the recipe's batch to small training sets (off once applied, or when given)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -118,6 +119,23 @@ _recipe(
 )
 
 
+# The batch is at most 1/BATCH_FRACTION of the training images (a power of two, at least MIN_BATCH) unless
+# given: an epoch is then at least ~16 steps, so a small folder gets enough updates to learn in a few
+# epochs. The lr scales with the batch (linear scaling rule, Goyal et al. 2017).
+BATCH_FRACTION = 16
+MIN_BATCH = 8
+
+
+def adapted_batch(batch_size: int, lr: float, n_train: int, world_size: int = 1) -> tuple[int, float]:
+    """``(batch, lr)`` for ``n_train`` training images: the batch capped, the lr scaled with it."""
+    cap = max(MIN_BATCH, n_train // BATCH_FRACTION)
+    cap = 1 << (cap.bit_length() - 1)  # a power of two: divides any power-of-two world size
+    cap = max(world_size, cap - cap % world_size)
+    if cap >= batch_size:
+        return batch_size, lr
+    return cap, lr * cap / batch_size
+
+
 def list_recipes() -> list[Recipe]:
     return list(RECIPES.values())
 
@@ -140,6 +158,8 @@ def resolve_config(recipe: str | None = None, **overrides: Any) -> TrainConfig:
         raise UserError(f"unknown training option(s): {', '.join(unknown)}")
     given = {k: (os.fspath(v) if isinstance(v, os.PathLike) else v) for k, v in overrides.items() if v is not None}
     values = {**RECIPES[name].values, **given}
+    if "batch_size" in given and "adapt_batch" not in given:
+        values["adapt_batch"] = False  # a batch the user chose is kept as it is
     cfg = TrainConfig(recipe=name, **values)
     validate(cfg)
     return cfg
