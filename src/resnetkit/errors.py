@@ -30,9 +30,13 @@ class UserError(Exception):
 
     exit_code = 2
 
+    def _raw(self) -> str:
+        # the message itself, not Exception.__str__ (a KeyError subclass would quote it)
+        return str(self.args[0]) if len(self.args) == 1 else super().__str__()
+
     def __str__(self) -> str:
-        return _OPTION.sub(_python, super().__str__())
+        return _OPTION.sub(_python, self._raw())
 
     def cli_message(self) -> str:
         """The message with every option written as its command-line flag."""
-        return _OPTION.sub(_cli, super().__str__())
+        return _OPTION.sub(_cli, self._raw())
