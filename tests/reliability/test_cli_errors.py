@@ -102,7 +102,7 @@ def test_argparse_errors_exit_2_without_a_traceback(capsys: pytest.CaptureFixtur
         main(["train", "--epochs", "many"])
     err = capsys.readouterr().err
     assert info.value.code == 2 and "Traceback" not in err
-    assert err.strip().splitlines()[-1] == "resnetkit train: error: argument --epochs: invalid float value: 'many'"
+    assert err.strip().splitlines()[-1] == "resnetkit train: error: argument --epochs: takes a whole number of epochs, got 'many'"
 
 
 def test_in_a_real_process_stderr_is_exactly_one_line(tmp_path: Path) -> None:
