@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import platform
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ from .benchmark import throughput, time_to_accuracy
 from .checkpoint import load_model
 from .data.prepare import prepare_data
 from .errors import UserError
-from .export import ExportResult, export_checkpoint
+from .export import TOLERANCE, ExportResult, export_checkpoint, is_torchscript_export, load_export
 from .io import write_json
 from .models import model_info
 from .plots import plot_confusion
@@ -36,44 +38,69 @@ from .runtime.loaders import eval_loader
 from .runtime.probe import ProbeDecision, decide
 from .study.degradation import run_degradation as study_degradation
 from .study.gradients import run_gradients as study_gradients
-from .training.config import Recipe, TrainConfig, list_recipes, resolve_config
+from .training.config import BATCH_FRACTION, Recipe, TrainConfig, list_recipes, resolve_config, resolve_recipe_defaults
 from .training.trainer import RESUME_OVERRIDABLE, RunResult, fit
 from .version import __version__
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "RESUME_OVERRIDABLE", "ExportResult", "Prediction", "Recipe", "RunResult", "__version__", "bench_throughput",
-    "bench_time_to_accuracy", "cpu_facts", "draw_grid", "evaluate", "export", "list_recipes", "load_checkpoint",
-    "machine_info", "model_summary", "model_table", "precision_probe", "predict", "predict_files", "resume",
-    "save_json",
+    "BATCH_FRACTION", "RESUME_OVERRIDABLE", "ExportResult", "Prediction", "Recipe", "RunResult", "__version__",
+    "bench_throughput", "bench_time_to_accuracy", "cpu_facts", "draw_grid", "evaluate", "export", "list_recipes",
+    "load_checkpoint", "machine_info", "model_summary", "model_table", "precision_probe", "predict", "predict_files",
+    "recipe_defaults", "resume", "save_json",
     "study_degradation", "study_gradients", "train",
 ]
 
 
+NO_DATA = ("no training data given; set <<data>> to an image folder or archive (train/<class>/ and test/<class>/ "
+           "images), a CIFAR directory or archive, 'cifar10' or 'cifar100' (with <<download>>), or 'synthetic' "
+           "for generated images")
+
+
+def interactive() -> bool:
+    """Whether a person is probably watching: stderr is a terminal, or this is a Jupyter kernel."""
+    try:
+        return sys.stderr.isatty() or "ipykernel" in sys.modules
+    except (AttributeError, ValueError):  # a replaced or closed stderr
+        return False
+
+
 # ---------------------------------------------------------------------------------- training
 def train(model: str | None = None, data: str | None = None, recipe: str | None = None, *,
-          progress: bool = False, **options: Any) -> RunResult:
+          progress: bool | None = None, **options: Any) -> RunResult:
     """Train a model and return its :class:`~resnetkit.training.trainer.RunResult`.
 
-    Example: ``resnetkit.train("resnet20", "synthetic", epochs=2, out="runs/demo")``. Options are
-    :class:`~resnetkit.training.config.TrainConfig` fields; ``None`` values keep the recipe's.
+    Example: ``resnetkit.train("resnet20", "path/to/folder", epochs=2, out="runs/demo")``. Options
+    are :class:`~resnetkit.training.config.TrainConfig` fields; ``None`` values keep the recipe's.
+    ``data`` is required ('synthetic' asks for generated images). A progress bar is drawn on
+    stderr when run interactively (``progress=None``); ``progress=False`` silences it.
     To continue a run, use :func:`resume`.
     """
     if "resume" in options:
         raise UserError("train() starts a new run; continue one with resnetkit.resume(run_dir)")
+    if progress is None:
+        progress = interactive()
+    if data is None and options.get("dataset") != "synthetic":
+        raise UserError(NO_DATA)
     cfg = resolve_config(recipe, model=model, data=data, **options)
     return fit(cfg, progress=progress)
 
 
-def resume(run_dir: str | Path, *, progress: bool = False, **overrides: Any) -> RunResult:
+def recipe_defaults(recipe: str) -> dict[str, Any]:
+    """Every training option's value under ``recipe`` when nothing else is given."""
+    return resolve_recipe_defaults(recipe)
+
+
+def resume(run_dir: str | Path, *, progress: bool | None = None, **overrides: Any) -> RunResult:
     """Continue the run in ``run_dir`` (or from a ``last.pt``) exactly where it stopped.
 
+    A progress bar is drawn when run interactively (``progress=None``); ``progress=False`` silences it.
     The settings come from the checkpoint; ``overrides`` may change only the keys in
     :data:`RESUME_OVERRIDABLE` (``epochs``, ``device``, stop points and logging); ``None`` values
     are ignored, any other key is refused.
     """
-    return fit(resume=run_dir, resume_overrides=overrides, progress=progress)
+    return fit(resume=run_dir, resume_overrides=overrides, progress=interactive() if progress is None else progress)
 
 
 # ---------------------------------------------------------------------------------- checkpoints
@@ -81,22 +108,29 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> nn.
     """Rebuild the model saved in a resnetkit checkpoint (or exported .safetensors), in eval mode.
 
     The model carries ``classes``, ``mean``, ``std`` and ``image_size`` from training, and
-    ``model.predict(images)`` (PIL images, paths, or uint8/float tensors).
+    ``model.predict(images)`` (PIL images, paths, or uint8/float tensors). ONNX and TorchScript
+    files written by :func:`export` load too, as models for prediction only.
     """
-    model = load_model(path, device)
+    if Path(path).suffix == ".onnx" or (Path(path).suffix != ".safetensors" and is_torchscript_export(path)):
+        model: nn.Module = load_export(path, device)
+    else:
+        model = load_model(path, device)
     model.predict = functools.partial(predict, model)
     return model
 
 
 def evaluate(checkpoint: str | Path, data: str | None = None, *, tta: bool = False,
              device: str = "auto", batch_size: int = 256, precision: str = "auto",
-             out: str | Path | None = None, progress: bool = False) -> dict:
+             out: str | Path | None = None, overwrite: bool = False, progress: bool = False) -> dict:
     """Top-1/top-5/loss/per-class accuracy and the confusion matrix on a dataset's test split.
 
     ``data`` defaults to the data the checkpoint was trained on. No training augmentation is
     applied. A class with no test images has accuracy NaN (``null`` in JSON). With ``out`` the
-    metrics go to ``metrics.json`` and ``confusion.png`` there.
+    metrics go to ``metrics.json`` and ``confusion.png`` there; earlier ones are replaced only with
+    ``overwrite`` (checked before any work).
     """
+    if out is not None:
+        out = _check_eval_out(Path(out), overwrite)
     dev = resolve_device(device)
     model = load_checkpoint(checkpoint, dev)
     cfg = TrainConfig.from_dict(model.checkpoint_meta["config"])
@@ -107,16 +141,45 @@ def evaluate(checkpoint: str | Path, data: str | None = None, *, tta: bool = Fal
         raise UserError(f"the classes of {source} ({len(ds.classes)}: {', '.join(ds.classes[:4])}...) differ from "
                         f"the checkpoint's ({len(model.classes)}: {', '.join(model.classes[:4])}...)")
     prec = resolve_precision(precision, dev)
+    if out is not None:
+        _make_eval_out(out)
     loader = eval_loader(ds.test_images, ds.test_labels, device=dev, precision=prec, mean=model.mean,
                          std=model.std, batch_size=batch_size)
     metrics = evaluate_loader(model, loader, len(model.classes), device=dev, precision=prec, tta=tta)
     metrics.update(classes=list(model.classes), checkpoint=str(checkpoint), data=str(source), tta=tta)
     if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
         write_json(out / "metrics.json", metrics)
-        plot_confusion(torch.tensor(metrics["confusion"]), model.classes, out / "confusion.png")
+        try:
+            plot_confusion(torch.tensor(metrics["confusion"]), model.classes, out / "confusion.png")
+        except OSError as e:
+            raise UserError(f"could not write {out / 'confusion.png'}: {e.strerror or e}") from None
     return metrics
+
+
+EVAL_FILES = ("metrics.json", "confusion.png")
+
+
+def _check_eval_out(out: Path, overwrite: bool) -> Path:
+    """Refuse an output folder that is a file or holds an earlier evaluation, before any work."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"the output {out} exists and is not a folder; give a folder for metrics.json and "
+                        f"confusion.png")
+    earlier = [f for f in EVAL_FILES if (out / f).exists()]
+    if earlier and not overwrite:
+        raise UserError(f"{out} already holds an evaluation ({', '.join(earlier)}); choose another output folder "
+                        f"or pass <<overwrite=True>> to replace it")
+    return out
+
+
+def _make_eval_out(out: Path) -> None:
+    """Create the output folder and prove it writable (after the inputs were found good)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"cannot write to the output folder {out}: {e.strerror or e}") from None
 
 
 def predict_files(checkpoint: str | Path, inputs: Sequence[str | Path], *, top_k: int = 5, tta: bool = False,
@@ -135,9 +198,14 @@ def predict_files(checkpoint: str | Path, inputs: Sequence[str | Path], *, top_k
     return preds, failures, model
 
 
-def export(checkpoint: str | Path, fmt: str, out: str | Path | None = None) -> ExportResult:
-    """Export a checkpoint to ONNX, TorchScript or safetensors, verified against the eager model."""
-    return export_checkpoint(checkpoint, fmt, out)
+def export(checkpoint: str | Path, fmt: str, out: str | Path | None = None, *, tolerance: float = TOLERANCE,
+           overwrite: bool = False) -> ExportResult:
+    """Export a checkpoint to ONNX, TorchScript or safetensors, verified against the eager model.
+
+    The export's logits must match within ``tolerance`` relative to their scale
+    (:func:`resnetkit.export.relative_error`); an existing ``out`` is replaced only with ``overwrite``.
+    """
+    return export_checkpoint(checkpoint, fmt, out, tolerance=tolerance, overwrite=overwrite)
 
 
 # ---------------------------------------------------------------------------------- models

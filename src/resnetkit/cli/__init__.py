@@ -22,6 +22,7 @@ COMMANDS = {
     "models": "models",
     "summary": "models",
     "train": "train",
+    "recipes": "recipes",
     "eval": "evaluate",
     "predict": "predict",
     "export": "export",
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except UserError as e:
-        print(f"resnetkit {args.command}: error: {e}", file=sys.stderr)
+        print(f"resnetkit {args.command}: error: {e.cli_message()}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print(f"resnetkit {args.command}: interrupted", file=sys.stderr)

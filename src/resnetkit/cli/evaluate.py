@@ -19,17 +19,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", help="a resnetkit checkpoint (last.pt / best.pt)")
     p.add_argument("--data", help="data source (default: the one the checkpoint was trained on)")
     p.add_argument("--tta", action="store_true", help="average the predictions of each image and its mirror")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--out", help="where to write metrics.json and confusion.png (default: CHECKPOINT_DIR/eval)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                   help="auto (default): bf16 where it is faster than fp32, else fp32")
+    p.add_argument("--batch-size", type=int, default=256, help="images per evaluation batch (default 256)")
+    p.add_argument("--out", help="folder for metrics.json and confusion.png (default: CHECKPOINT_DIR/eval)")
+    p.add_argument("--overwrite", action="store_true", help="replace metrics.json and confusion.png from an "
+                                                           "earlier evaluation in --out")
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "eval"
     m = api.evaluate(args.checkpoint, args.data, tta=args.tta, device=args.device, batch_size=args.batch_size,
-                 precision=args.precision, out=out, progress=sys.stderr.isatty())
+                     precision=args.precision, out=out, overwrite=args.overwrite, progress=sys.stderr.isatty())
     width = max(len(c) for c in m["classes"])
     print(f"{'class':<{width}}  accuracy")
     for c, a in zip(m["classes"], m["per_class"]):

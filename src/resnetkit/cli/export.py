@@ -11,19 +11,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export", help="export a checkpoint to ONNX, TorchScript or safetensors",
         description="Export a checkpoint with its class names, mean/std and input size as metadata. The "
-                    "file is reloaded by its runtime and checked against the eager model (within 1e-4 at "
-                    "batch sizes 1 and 3) before it is kept. Needs pip install 'resnetkit[export]' for "
-                    "ONNX and safetensors.",
+                    "file is reloaded by its runtime and checked against the eager model at batch sizes 1 "
+                    "and 3 before it is kept: the largest difference of the logits divided by max(1, largest "
+                    f"|logit|) must be at most --tolerance (default {api.TOLERANCE:g}). Needs pip install "
+                    "'resnetkit[export]' for ONNX and safetensors.",
     )
     p.add_argument("checkpoint", help="a resnetkit checkpoint (.pt)")
-    p.add_argument("--format", required=True, choices=["onnx", "torchscript", "safetensors"])
+    p.add_argument("--format", required=True, choices=["onnx", "torchscript", "safetensors"],
+                   help="output format")
     p.add_argument("--out", help="output file (default: the checkpoint's path with .onnx, .torchscript or "
                                  ".safetensors)")
+    p.add_argument("--tolerance", type=float, default=api.TOLERANCE,
+                   help=f"largest relative difference from the eager model allowed (default {api.TOLERANCE:g})")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
-    result = api.export(args.checkpoint, args.format, args.out)
-    print(f"wrote {result.path} ({result.format}; max |diff| vs eager {result.max_abs_diff:.2e} at batch sizes "
-          f"1 and 3; {result.seconds:.1f}s)")
+    result = api.export(args.checkpoint, args.format, args.out, tolerance=args.tolerance, overwrite=args.overwrite)
+    print(f"wrote {result.path} ({result.format}; vs eager: max |diff| {result.max_abs_diff:.2e}, relative "
+          f"{result.rel_diff:.2e} <= {result.tolerance:g}, at batch sizes 1 and 3; {result.seconds:.1f}s)")
     return 0

@@ -17,14 +17,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "Unreadable files are reported on stderr and the others still classified; the exit "
                     "code is then 1.",
     )
-    p.add_argument("checkpoint", help="a resnetkit checkpoint (.pt) or a safetensors export")
+    p.add_argument("checkpoint", help="a resnetkit checkpoint (.pt) or an export of one (.safetensors, .onnx, .torchscript)")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER_OR_GLOB",
                    help="image files, folders (searched recursively) or quoted glob patterns")
     p.add_argument("--top-k", type=int, default=5, help="how many classes to list per image (default 5)")
     p.add_argument("--format", choices=["table", "json", "csv"], default="table", help="output format")
     p.add_argument("--tta", action="store_true", help="average the predictions of each image and its mirror")
     p.add_argument("--grid", metavar="OUT.png", help="also save a grid of the images with their labels")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=256, help="images per batch (default 256)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     p.set_defaults(func=main)
 

@@ -8,66 +8,144 @@ import os
 import signal
 import subprocess
 import sys
+from typing import Any
 
 from .. import api
 
+MAX_EPOCHS = 100_000  # far beyond any real run (the longest CIFAR recipes train a few thousand epochs)
+
+
+def _epochs(text: str) -> int:
+    """``--epochs``: a whole number of epochs from 1 to :data:`MAX_EPOCHS` (``1e9`` or ``2.5`` refused)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"takes a whole number of epochs, got {text!r}") from None
+    if not 1 <= value <= MAX_EPOCHS:
+        raise argparse.ArgumentTypeError(f"takes a whole number of epochs from 1 to {MAX_EPOCHS}, got {value}")
+    return value
+
+
+def recipes_table() -> str:
+    """The recipes as a plain-text table (``resnetkit recipes`` and the end of ``train --help``)."""
+    rows = [("recipe", "model", "epochs", "batch", "lr", "schedule", "precision")]
+    for r in api.list_recipes():
+        cfg = api.recipe_defaults(r.name)
+        rows.append((r.name, cfg["model"], f"{cfg['epochs']:g}", str(cfg["batch_size"]), f"{cfg['lr']:g}",
+                     cfg["schedule"], cfg["precision"]))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
+
+
+def _shown(dest: str, value: Any) -> str:
+    if value is None:
+        return "auto" if dest in ("channels_last", "device", "precision") else "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+class _RecipeHelp(argparse.Action):
+    """``--help`` that shows each option's default for the chosen recipe (``--recipe NAME --help``)."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        name = getattr(namespace, "recipe", None) or "default"
+        fill_recipe_defaults(parser, name)
+        parser.print_help()
+        parser.exit()
+
+
+def fill_recipe_defaults(parser: argparse.ArgumentParser, recipe: str) -> None:
+    """Append "(default: VALUE, from recipe 'NAME')" to the help of every option the recipe sets."""
+    try:
+        values = api.recipe_defaults(recipe)
+    except Exception:  # an unknown recipe: --help still works, parsing reports the name
+        values, recipe = api.recipe_defaults("default"), "default"
+    for action in parser._actions:
+        if (action.dest in values and action.dest not in NO_DEFAULT_SHOWN and action.help
+                and "(default:" not in action.help):
+            shown = _shown(action.dest, values[action.dest])
+            if action.dest == "batch_size":
+                shown += f", at most 1/{api.BATCH_FRACTION} of the training images, lr scaled with it"
+            action.help = f"{action.help} (default: {shown}, from recipe '{recipe}')".replace("%", "%%") \
+                if "%" not in action.help else f"{action.help} (default: {shown}, from recipe '{recipe}')"
+
+
+NO_DEFAULT_SHOWN = ("data", "out", "recipe", "resume", "adapt_batch")
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    recipes = "; ".join(f"{r.name}: {r.doc}" for r in api.list_recipes())
     p = sub.add_parser(
-        "train", help="train a model and write a run directory",
-        description="Train a ResNet. Flags override the recipe's values. Recipes -- " + recipes,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "train", help="train a model and write a run directory", add_help=False,
+        description="Train a ResNet. A recipe fills every option not given; each option's default below is the "
+                    "chosen recipe's (give --recipe NAME before --help to see another's).",
+        epilog="recipes:\n" + recipes_table() + "\n(details: resnetkit recipes)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument("-h", "--help", action=_RecipeHelp, help="show this help (with --recipe NAME first: that recipe's "
+                                                              "defaults) and exit")
     g = p.add_argument_group("what to train")
-    g.add_argument("--model", help="registered model name (see 'resnetkit models'); default: the recipe's or resnet20")
-    g.add_argument("--data", help="'synthetic', a CIFAR directory or cifar-10/100-python.tar.gz, or an image "
-                                  "folder tree / .tar / .tar.gz / .zip of one (train/ and test/ or val/)")
-    g.add_argument("--dataset", choices=["cifar10", "cifar100", "folder", "synthetic"], help="force the source type")
-    g.add_argument("--recipe", help="named preset (default: 'default'; 'tutorial' is the tutorial exactly)")
+    g.add_argument("--model", help="registered model name (see 'resnetkit models')")
+    g.add_argument("--data", help="required: an image folder tree or .tar / .tar.gz / .zip of one (train/ and test/ "
+                                  "or val/; or train/ alone with --test-split), a CIFAR directory or "
+                                  "cifar-10/100-python.tar.gz, 'cifar10' / 'cifar100' (with --download), or "
+                                  "'synthetic' for generated images")
+    g.add_argument("--dataset", choices=["cifar10", "cifar100", "folder", "synthetic"],
+                   help="force the source type (default: guessed from --data)")
+    g.add_argument("--recipe", help="named preset that fills the options not given (default: 'default'; see the "
+                                    "table below)")
     g.add_argument("--download", action="store_true", default=None, help="download CIFAR if it is missing")
-    g.add_argument("--image-size", type=int, help="resize images to this square size")
+    g.add_argument("--image-size", type=int, help="resize images to this square size (default: the data's own)")
     g.add_argument("--progressive-sizes", type=int, nargs="+", metavar="SIZE",
                    help="train at these image sizes in equal consecutive parts of the run, e.g. 24 28 32 "
                         "(progressive resizing: cheaper early epochs); evaluation is at full size")
     g.add_argument("--skip-bad-images", action="store_true", default=None,
-                   help="skip unreadable images (reported) instead of failing")
+                   help="skip unreadable images and empty class folders (reported) instead of failing")
     g.add_argument("--val-split", type=int, help="hold out this many training images for model selection")
     g.add_argument("--pretrained", help="start from torchvision weights (e.g. IMAGENET1K_V2) or a .pth/.safetensors file")
     g.add_argument("--freeze-backbone", action="store_true", default=None, help="train only the classifier")
     g.add_argument("--backbone-lr-mult", type=float, help="backbone learning rate as a fraction of --lr")
     h = p.add_argument_group("optimisation")
-    h.add_argument("--epochs", type=float)
+    h.add_argument("--epochs", type=_epochs, help="whole passes over the training images")
     h.add_argument("--batch-size", type=int, help="global batch size (split across processes)")
     h.add_argument("--lr", type=float, help="peak learning rate")
-    h.add_argument("--momentum", type=float)
-    h.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None)
-    h.add_argument("--weight-decay", type=float)
-    h.add_argument("--label-smoothing", type=float)
+    h.add_argument("--momentum", type=float, help="SGD momentum")
+    h.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None, help="Nesterov momentum")
+    h.add_argument("--weight-decay", type=float, help="L2 weight decay (not on BatchNorm and biases in most recipes)")
+    h.add_argument("--label-smoothing", type=float, help="label smoothing of the loss, in [0, 1)")
     h.add_argument("--schedule", choices=["constant", "cosine", "linear", "step"],
                    help="lr schedule after the warmup (step: /10 at 50%% and 75%% of the run, He et al. 2015)")
-    h.add_argument("--warmup-epochs", type=float)
+    h.add_argument("--warmup-epochs", type=float, help="epochs of linear lr warmup from 0")
     h.add_argument("--crop-pad", type=int, help="random-crop padding in pixels (0: no crop)")
-    h.add_argument("--crop-fill", choices=["zero", "reflect"])
-    h.add_argument("--flip", choices=["random", "alternating", "none"])
+    h.add_argument("--crop-fill", choices=["zero", "reflect"], help="how the crop padding is filled")
+    h.add_argument("--flip", choices=["random", "alternating", "none"], help="horizontal flip augmentation")
     h.add_argument("--cutout", type=int, help="cutout square size (0: off)")
-    h.add_argument("--seed", type=int)
+    h.add_argument("--seed", type=int, help="seed of every random choice (weights, data order, augmentation)")
     m = p.add_argument_group("model options")
-    m.add_argument("--zero-init-residual", action="store_true", default=None)
-    m.add_argument("--drop-rate", type=float, help="dropout before the classifier")
-    m.add_argument("--shortcut", choices=["A", "B"], help="shortcut type when shapes change")
-    m.add_argument("--width-mult", type=float)
+    m.add_argument("--zero-init-residual", action="store_true", default=None,
+                   help="start each residual branch's last BatchNorm at zero (Goyal et al. 2017)")
+    m.add_argument("--drop-rate", type=float, help="dropout before the classifier (default: the model's)")
+    m.add_argument("--shortcut", choices=["A", "B"], help="shortcut type when shapes change (default: the model's)")
+    m.add_argument("--width-mult", type=float, help="multiply every layer's width (default: the model's)")
     r = p.add_argument_group("running")
-    r.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
-    r.add_argument("--precision", choices=["auto", "bf16", "fp32"])
-    r.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    r.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    r.add_argument("--precision", choices=["auto", "bf16", "fp32"],
+                   help="auto: bf16 where it is faster than fp32 on this device, else fp32")
+    r.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels_last memory layout (auto: with bf16)")
     r.add_argument("--compile", action="store_true", default=None, help="torch.compile (compile time reported apart)")
     r.add_argument("--deterministic", action="store_true", default=None, help="deterministic algorithms only")
     r.add_argument("--tta", action="store_true", default=None, help="flip test-time augmentation in evaluation")
-    r.add_argument("--out", help="run directory (default runs/MODEL-TIME)")
+    r.add_argument("--out", help="run directory (default: runs/MODEL-TIME)")
     r.add_argument("--overwrite", action="store_true", default=None, help="replace a run already in --out")
     r.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
-    r.add_argument("--checkpoint-every", type=int, help="also save last.pt every N steps")
+    r.add_argument("--checkpoint-every", type=int, help="also save last.pt every N steps (0: at epoch ends only)")
     r.add_argument("--eval-every", type=int, help="evaluate on the test split every N epochs (0: only at the end)")
     r.add_argument("--max-steps", type=int, help="stop after N optimizer steps (smoke runs)")
     r.add_argument("--stop-after-steps", type=int, metavar="N",

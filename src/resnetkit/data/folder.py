@@ -176,9 +176,13 @@ def _find_root(source: Path, dirs: set[str]) -> tuple[str, str]:
                     f"to {root}train/.")
 
 
-def _collect(source: Path, files: dict[str, Ref], dirs: set[str], root: str,
-             test: str) -> tuple[list[str], list[list[tuple[str, int]]]]:
-    """Sorted class names and, per split, sorted (relative path, label) pairs; checks the tree."""
+def _collect(source: Path, files: dict[str, Ref], dirs: set[str], root: str, test: str,
+             skip_empty: bool = False) -> tuple[list[str], list[list[tuple[str, int]]]]:
+    """Sorted class names and, per split, sorted (relative path, label) pairs; checks the tree.
+
+    With ``skip_empty`` (``skip_bad_images``) a class folder without images is left out with a
+    warning instead of failing: a class with no training images is dropped from both splits.
+    """
     per_split: list[dict[str, list[str]]] = []
     for split in ("train", test):
         base = f"{root}{split}/"
@@ -189,9 +193,18 @@ def _collect(source: Path, files: dict[str, Ref], dirs: set[str], root: str,
                 classes[rel[len(base):].split("/")[0]].append(rel)
         for name, members in sorted(classes.items()):
             if not members:
-                raise UserError(f"The class folder {_name(source, base + name)} has no images; add images to it "
-                                f"or remove it.")
+                if not skip_empty:
+                    raise UserError(f"The class folder {_name(source, base + name)} has no images; add images to "
+                                    f"it, remove it, or pass <<skip_bad_images=True>> to leave it out.")
+                logger.warning("skipping the empty class folder %s", _name(source, base + name))
+                del classes[name]
         per_split.append(classes)
+    if skip_empty:
+        for name in sorted(set(per_split[1]) - set(per_split[0])):
+            logger.warning("skipping the class %s: it has test images but no training images", name)
+            del per_split[1][name]
+        for name in sorted(set(per_split[0]) - set(per_split[1])):
+            per_split[1][name] = []  # test images only in other classes: its accuracy is undefined
     train, tst = set(per_split[0]), set(per_split[1])
     if not train:
         raise UserError(f"{source} has no class folders under {root}train/; put images in train/<class>/.")
@@ -224,7 +237,7 @@ def load_folder(source: Path, *, image_size: int | None = None, skip_bad_images:
     """Decode an image-folder tree or archive; bad files fail together, or are skipped on request."""
     files, dirs = _list_source(source)
     root, test = _find_root(source, dirs)
-    classes, (train, tst) = _collect(source, files, dirs, root, test)
+    classes, (train, tst) = _collect(source, files, dirs, root, test, skip_empty=skip_bad_images)
     entries = train + tst
     refs = [files.pop(rel) for rel, _ in entries]
     size = image_size or _first_size(refs[:len(train)])
@@ -265,7 +278,7 @@ def load_folder(source: Path, *, image_size: int | None = None, skip_bad_images:
             first = "; ".join(f"{p} ({r})" for p, (_, r) in list(zip(skipped, bad))[:3])
             more = "; ..." if len(bad) > 3 else ""
             raise UserError(f"{len(bad)} image file(s) in {source} cannot be read ({first}{more}); fix or remove "
-                            f"them, or pass skip_bad_images=True (--skip-bad-images) to skip them.")
+                            f"them, or pass <<skip_bad_images=True>> to skip them.")
         logger.warning("skipped %d unreadable image files from %s", len(bad), source)
         keep[[i for i, _ in bad]] = False
     cut = len(train)

@@ -73,13 +73,13 @@ def _resolve(source: str | Path, dataset: str | None, download: bool, progress: 
     if dataset in ("cifar10", "cifar100"):
         if found is not None and found[0] != dataset:
             raise UserError(f"{path} holds {cifar.SPECS[found[0]].title}, not {cifar.SPECS[dataset].title}; "
-                            f"pass dataset={found[0]!r} or point at the other data.")
+                            f"pass <<dataset={found[0]}>> or point at the other data.")
         if found is not None:
             return found
         if download:
             return dataset, _download(dataset, path, progress)
         spec = cifar.SPECS[dataset]
-        raise UserError(f"No {spec.title} data found at {path}; pass download=True (--download) to fetch it, or put "
+        raise UserError(f"No {spec.title} data found at {path}; pass <<download=True>> to fetch it, or put "
                         f"{spec.archive} or its {spec.folder}/ folder there.")
     if dataset is None and found is not None:
         return found
@@ -89,7 +89,7 @@ def _resolve(source: str | Path, dataset: str | None, download: bool, progress: 
         return kind, _download(kind, path, progress)
     if not path.exists():
         raise UserError(f"Data source {path} does not exist; check the path, use 'synthetic' for generated data, "
-                        f"or pass download=True (--download) to fetch CIFAR-10/100 there.")
+                        f"or pass <<download=True>> to fetch CIFAR-10/100 there.")
     return "folder", path
 
 

@@ -114,7 +114,12 @@ def real_step_timer(model_name: str, model_kwargs: dict, num_classes: int, in_ch
     from ..models import create_model
 
     def time_steps(precision: str, channels_last: bool, batch: int, steps: int) -> float:
-        torch.manual_seed(0)
+        # the run's own RNG streams (already seeded) must not depend on whether the probe ran
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(0)
+            return _time(precision, channels_last, batch, steps)
+
+    def _time(precision: str, channels_last: bool, batch: int, steps: int) -> float:
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         model = create_model(model_name, num_classes=num_classes, in_channels=in_channels, **(model_kwargs or {}))
         model.to(device, memory_format=fmt).train()

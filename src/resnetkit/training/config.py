@@ -61,6 +61,7 @@ class TrainConfig:
     backbone_lr_mult: float = 1.0
     sync_bn: bool = False
     tensorboard: bool = False
+    adapt_batch: bool = True  # cap the recipe's batch to small training sets (off once applied, or when given)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -130,8 +131,32 @@ _recipe(
 )
 
 
+# The batch is at most 1/BATCH_FRACTION of the training images (a power of two, at least MIN_BATCH) unless
+# given: an epoch is then at least ~16 steps, so a small folder gets enough updates to learn in a few
+# epochs. The lr scales with the batch (linear scaling rule, Goyal et al. 2017).
+BATCH_FRACTION = 16
+MIN_BATCH = 8
+
+
+def adapted_batch(batch_size: int, lr: float, n_train: int, world_size: int = 1) -> tuple[int, float]:
+    """``(batch, lr)`` for ``n_train`` training images: the batch capped, the lr scaled with it."""
+    cap = max(MIN_BATCH, n_train // BATCH_FRACTION)
+    cap = 1 << (cap.bit_length() - 1)  # a power of two: divides any power-of-two world size
+    cap = max(world_size, cap - cap % world_size)
+    if cap >= batch_size:
+        return batch_size, lr
+    return cap, lr * cap / batch_size
+
+
 def list_recipes() -> list[Recipe]:
     return list(RECIPES.values())
+
+
+def resolve_recipe_defaults(recipe: str) -> dict[str, Any]:
+    """Every option's value under ``recipe`` when nothing is given (for help texts and tables)."""
+    if recipe not in RECIPES:
+        raise UserError(f"unknown recipe {recipe!r}; choose one of: {', '.join(sorted(RECIPES))}")
+    return {**TrainConfig().to_dict(), **RECIPES[recipe].values, "recipe": recipe}
 
 
 def resolve_config(recipe: str | None = None, **overrides: Any) -> TrainConfig:
@@ -145,6 +170,8 @@ def resolve_config(recipe: str | None = None, **overrides: Any) -> TrainConfig:
         raise UserError(f"unknown training option(s): {', '.join(unknown)}")
     given = {k: (os.fspath(v) if isinstance(v, os.PathLike) else v) for k, v in overrides.items() if v is not None}
     values = {**RECIPES[name].values, **given}
+    if "batch_size" in given and "adapt_batch" not in given:
+        values["adapt_batch"] = False  # a batch the user chose is kept as it is
     cfg = TrainConfig(recipe=name, **values)
     validate(cfg)
     return cfg
@@ -153,36 +180,36 @@ def resolve_config(recipe: str | None = None, **overrides: Any) -> TrainConfig:
 def validate(cfg: TrainConfig) -> None:
     """Reject values no run could use, in one sentence each."""
     if not cfg.epochs or cfg.epochs <= 0:
-        raise UserError(f"--epochs must be positive, got {cfg.epochs}")
+        raise UserError(f"<<epochs>> must be positive, got {cfg.epochs}")
     if cfg.batch_size is None or cfg.batch_size <= 0:
-        raise UserError(f"--batch-size must be a positive integer, got {cfg.batch_size}")
+        raise UserError(f"<<batch_size>> must be a positive integer, got {cfg.batch_size}")
     if not cfg.lr or cfg.lr <= 0:
-        raise UserError(f"--lr must be positive, got {cfg.lr}")
+        raise UserError(f"<<lr>> must be positive, got {cfg.lr}")
     if cfg.weight_decay < 0:
-        raise UserError(f"--weight-decay must be >= 0, got {cfg.weight_decay}")
+        raise UserError(f"<<weight_decay>> must be >= 0, got {cfg.weight_decay}")
     if not 0 <= cfg.label_smoothing < 1:
-        raise UserError(f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}")
+        raise UserError(f"<<label_smoothing>> must be in [0, 1), got {cfg.label_smoothing}")
     if not 0 <= cfg.momentum < 1:
-        raise UserError(f"--momentum must be in [0, 1), got {cfg.momentum}")
+        raise UserError(f"<<momentum>> must be in [0, 1), got {cfg.momentum}")
     if cfg.val_split < 0:
-        raise UserError(f"--val-split must be >= 0, got {cfg.val_split}")
+        raise UserError(f"<<val_split>> must be >= 0, got {cfg.val_split}")
     if cfg.checkpoint_every < 0:
-        raise UserError(f"--checkpoint-every must be >= 0, got {cfg.checkpoint_every}")
+        raise UserError(f"<<checkpoint_every>> must be >= 0, got {cfg.checkpoint_every}")
     if cfg.max_steps is not None and cfg.max_steps <= 0:
-        raise UserError(f"--max-steps must be positive, got {cfg.max_steps}")
+        raise UserError(f"<<max_steps>> must be positive, got {cfg.max_steps}")
     if cfg.stop_after_steps is not None and cfg.stop_after_steps <= 0:
-        raise UserError(f"--stop-after-steps must be positive, got {cfg.stop_after_steps}")
+        raise UserError(f"<<stop_after_steps>> must be positive, got {cfg.stop_after_steps}")
     if cfg.schedule not in ("constant", "cosine", "linear", "step"):
-        raise UserError(f"--schedule must be constant, cosine, linear or step, got {cfg.schedule!r}")
+        raise UserError(f"<<schedule>> must be constant, cosine, linear or step, got {cfg.schedule!r}")
     if cfg.flip not in ("random", "alternating", "none"):
-        raise UserError(f"--flip must be random, alternating or none, got {cfg.flip!r}")
+        raise UserError(f"<<flip>> must be random, alternating or none, got {cfg.flip!r}")
     if cfg.crop_fill not in ("zero", "reflect"):
-        raise UserError(f"--crop-fill must be zero or reflect, got {cfg.crop_fill!r}")
+        raise UserError(f"<<crop_fill>> must be zero or reflect, got {cfg.crop_fill!r}")
     if cfg.crop_pad < 0 or cfg.cutout < 0:
-        raise UserError("--crop-pad and --cutout must be >= 0")
+        raise UserError("<<crop_pad>> and <<cutout>> must be >= 0")
     if cfg.progressive_sizes is not None:
         sizes = list(cfg.progressive_sizes)
         if not sizes or any(not isinstance(v, int) or v < 8 for v in sizes):
-            raise UserError(f"--progressive-sizes takes image sizes of at least 8 pixels, got {sizes}")
+            raise UserError(f"<<progressive_sizes>> takes image sizes of at least 8 pixels, got {sizes}")
     if cfg.backbone_lr_mult < 0:
-        raise UserError(f"--backbone-lr-mult must be >= 0, got {cfg.backbone_lr_mult}")
+        raise UserError(f"<<backbone_lr_mult>> must be >= 0, got {cfg.backbone_lr_mult}")

@@ -160,8 +160,7 @@ def _check_finite(window: list[torch.Tensor], state: StepState) -> None:
     in_epoch = state.step_in_epoch - back
     raise NonFiniteLossError(
         f"the training loss became {float(window[first_bad]):.0f} at step {step} (epoch "
-        f"{state.epoch + 1}, batch {in_epoch + 1}); stopped without saving these weights "
-        f"(last.pt keeps the last good state): lower --lr or check the data"
+        f"{state.epoch + 1}, batch {in_epoch + 1}); stopped without saving these weights"
     )
 
 
@@ -176,5 +175,5 @@ def check_weights_finite(model: nn.Module, state: StepState) -> None:
     first = tensors[int((~finite).nonzero()[0])][0]
     raise NonFiniteLossError(
         f"the weights became non-finite by step {state.global_step} (first: {first}); "
-        f"stopped without saving them (last.pt keeps the last good state): lower --lr or check the data"
+        f"stopped without saving them"
     )

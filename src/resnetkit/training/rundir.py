@@ -40,8 +40,11 @@ def prepare(cfg: TrainConfig, resuming: bool) -> Path:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a directory")
     if not resuming and out.is_dir() and any((out / f).exists() for f in RUN_FILES) and not cfg.overwrite:
-        raise UserError(f"{out} already holds a run; pass --resume {out} to continue it, --overwrite to "
-                        f"replace it, or choose another --out")
+        if not (out / "last.pt").exists():  # nothing to resume: say so rather than send the user to --resume
+            raise UserError(f"{out} holds a run that stopped before saving any checkpoint; pass <<overwrite>> to "
+                            f"start it again, or choose another <<out>>")
+        raise UserError(f"{out} already holds a run; pass --resume {out} to continue it, <<overwrite>> to "
+                        f"replace it, or choose another <<out>>")
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-", delete=True)

@@ -33,7 +33,7 @@ from ..runtime.device import (
 from ..runtime.inference import predict_logits
 from ..runtime.loaders import batch_dtype, eval_loader
 from ..runtime.probe import resolve_precision_layout
-from .config import TrainConfig
+from .config import TrainConfig, adapted_batch
 from .distributed import DistContext
 from .loop import StepState, train_epoch
 from .optim import build_sgd
@@ -113,6 +113,14 @@ def build(cfg: TrainConfig, ckpt: dict | None, dist: DistContext, data: ImageDat
         data, prep_seconds = _load_data(cfg, dist, progress)
     else:
         prep_seconds = 0.0
+    if cfg.adapt_batch and ckpt is None:
+        n_train = len(data.train_labels) - cfg.val_split
+        batch, lr = adapted_batch(cfg.batch_size, cfg.lr, n_train, dist.world_size)
+        if batch != cfg.batch_size:
+            log.info("batch %d and lr %.4g (the %s recipe's %d and %.4g scaled to %d training images; "
+                     "a batch size given explicitly is kept)", batch, lr, cfg.recipe, cfg.batch_size, cfg.lr, n_train)
+        cfg.batch_size, cfg.lr = batch, lr
+    cfg.adapt_batch = False  # applied once; the saved config holds the values used
     if cfg.batch_size % dist.world_size:
         raise UserError(f"--batch-size {cfg.batch_size} must be divisible by the {dist.world_size} processes")
     per_rank = cfg.batch_size // dist.world_size

@@ -21,11 +21,13 @@ from typing import Any
 from ..checkpoint import peek, unwrap
 from ..data.dataset import ImageData
 from ..errors import UserError
+from ..models import model_info
+from ..runtime.device import resolve_device
 from ..runtime.inference import evaluate
 from . import rundir
 from .config import TrainConfig, validate
 from .distributed import DistContext, debug_dump, global_epoch_stats, init_from_env, shutdown
-from .loop import StepState, check_weights_finite, train_epoch
+from .loop import NonFiniteLossError, StepState, check_weights_finite, train_epoch
 from .schedule import apply_lr, lr_factor
 from .setup import Setup, build
 
@@ -36,9 +38,15 @@ RESUME_OVERRIDABLE = ("epochs", "device", "max_steps", "stop_after_steps", "log_
 
 
 class TrainingInterrupted(UserError):
-    """The run was stopped by a signal after saving ``last.pt``."""
+    """The run was stopped by a signal after saving ``last.pt``; the exit code is the shell's
+    128 + signal number (130 for SIGINT / Ctrl-C, 143 for SIGTERM)."""
 
     exit_code = 143
+
+    def __init__(self, message: str, signal_name: str | None = None) -> None:
+        super().__init__(message)
+        if signal_name in ("SIGINT", "SIGTERM"):
+            self.exit_code = 128 + int(signal.Signals[signal_name])
 
 
 @dataclass
@@ -104,12 +112,58 @@ def fit(cfg: TrainConfig | None = None, *, resume: str | Path | None = None,
     elif cfg is None:
         raise UserError("nothing to train: give a configuration or a run directory to resume")
     validate(cfg)
+    model_info(cfg.model)  # an unknown model fails now, with suggestions, before any data work
+    if ckpt is not None and _finished(ckpt, cfg):
+        raise UserError(f"the run in {cfg.out} is complete ({len(ckpt.get('history', []))} epoch(s), step "
+                        f"{ckpt['global_step']}); its results are in {cfg.out}/result.json. To train longer, "
+                        f"resume with a larger <<epochs>>")
     dist_ctx, device_name = init_from_env(cfg.device)
     cfg.device = device_name or cfg.device
+    resolve_device(cfg.device)  # a bad device fails before the run directory exists
+    out = Path(cfg.out) if cfg.out else None
+    existed = out is not None and out.exists()
     try:
-        return Trainer(cfg, ckpt, dist_ctx, progress, data).run(wall0)
+        trainer = Trainer(cfg, ckpt, dist_ctx, progress, data)
+    except BaseException:
+        shutdown()
+        if dist_ctx.is_main and ckpt is None and not existed:
+            _remove_if_empty(Path(cfg.out) if cfg.out else None)
+        raise
+    try:
+        return trainer.run(wall0)
+    except NonFiniteLossError as e:
+        last = Path(cfg.out) / "last.pt" if cfg.out else None
+        if last is not None and last.exists():
+            raise NonFiniteLossError(f"{e}; {last} keeps the last good state (step {peek(last)['global_step']}), "
+                                     f"but a resume keeps the same settings: start again with a lower <<lr>> and "
+                                     f"<<overwrite>>, or check the data") from None
+        raise NonFiniteLossError(f"{e}; no checkpoint was saved before it: start again with a lower <<lr>> "
+                                 f"(and <<overwrite>> to reuse {cfg.out}), or check the data") from None
     finally:
         shutdown()
+
+
+def _finished(ckpt: dict, cfg: TrainConfig) -> bool:
+    """Whether the checkpoint is the end of its run (every epoch done, no stop point pending)."""
+    history = ckpt.get("history", [])
+    whole = int(-(-cfg.epochs // 1))
+    return bool(ckpt.get("epoch_done")) and int(ckpt.get("epoch", 0)) >= whole and len(history) >= whole \
+        and cfg.max_steps is None
+
+
+def _remove_if_empty(out: Path | None) -> None:
+    """Remove a run directory this command created when it failed before writing anything."""
+    if out is None or not out.is_dir():
+        return
+    for stale in out.glob(".*"):  # the write probe of rundir.prepare
+        if stale.is_file():
+            stale.unlink(missing_ok=True)
+    try:
+        out.rmdir()
+        if out.parent.name == "runs" and not any(out.parent.iterdir()):
+            out.parent.rmdir()  # the default parent, when this run made it
+    except OSError:
+        pass  # something else is there: keep it
 
 
 class Trainer:
@@ -203,7 +257,7 @@ class Trainer:
         if stopping:
             raise TrainingInterrupted(
                 f"stopped by {self.signal or 'a signal to another process'} at epoch {st.epoch + 1}, "
-                f"step {st.global_step}; saved {cfg.out}/last.pt, continue with --resume {cfg.out}")
+                f"step {st.global_step}; saved {cfg.out}/last.pt, continue with --resume {cfg.out}", self.signal)
         return halt
 
     # ------------------------------------------------------------------ the run
