@@ -124,3 +124,13 @@ def test_real_probe_times_a_tiny_model(tmp_path):
     timed = [r for r in d.rows if not r.dropped]
     assert timed and all(r.images_per_s > 0 and r.scout_images_per_s > 0 for r in timed)
     assert max(timed, key=lambda r: r.images_per_s).images_per_s >= max(r.images_per_s for r in timed) / 1.03
+
+
+def test_real_timer_leaves_the_global_rng_untouched():
+    """The probe runs after the run seeded torch: model initialisation must not depend on it."""
+    timer = probe.real_step_timer("resnet20", {"width_mult": 0.25}, 10, 3, 8, torch.device("cpu"))
+    torch.manual_seed(1234)
+    expected = torch.rand(4)
+    torch.manual_seed(1234)
+    assert timer("fp32", False, 2, 1) > 0
+    assert torch.equal(torch.rand(4), expected)
