@@ -55,6 +55,7 @@ from ..models import create_model, list_models
 from ..runtime.device import cpu_description, resolve_device, resolve_precision
 from ..runtime.inference import evaluate
 from ..runtime.loaders import eval_loader
+from ..runtime.probe import resolve_precision_layout
 from ..training.config import TrainConfig, resolve_config
 from ..training.trainer import fit
 from .budget import UNPLANNED_EPOCHS, StudyPlan, next_round_fits, plan_study
@@ -216,8 +217,12 @@ def run_degradation(depths: Sequence[int], data: str = "synthetic", *, out: str 
     pick = torch.randperm(len(ds.train_labels), generator=gen)[:n_eval].sort().values
     eval_x, eval_y = ds.train_images[pick], ds.train_labels[pick]
     dev = resolve_device(device)
-    # one precision for every network, chosen by the runtime for this device, so the comparison is fair
-    precision = resolve_precision(precision, dev)
+    # one precision for every network, so the comparison is fair: on a CPU, ``auto`` is the timing
+    # probe's choice for the deepest ResNet at the study's batch and image size
+    name, kwargs = model_spec(max(depths), False)
+    precision, _ = resolve_precision_layout(precision, None, dev, model_name=name, model_kwargs=kwargs,
+                                            batch_size=batch_size, image_size=ds.image_size,
+                                            num_classes=ds.num_classes, in_channels=int(ds.train_images.shape[1]))
     runs = [(d, plain) for d in depths for plain in (True, False)]
     run_dir = {r: out / "runs" / network_label(*r).lower() for r in runs}
     results: dict[tuple[int, bool], Any] = {}
