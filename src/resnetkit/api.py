@@ -2,7 +2,8 @@
 only through this module).
 
 Training: :func:`train`, :func:`resume`. Using a checkpoint: :func:`load_checkpoint`,
-:func:`evaluate`, :func:`predict_files`, :func:`export`. Models: :func:`model_table`,
+:func:`evaluate`, :func:`predict_files`, :func:`export`, :func:`explain` (Grad-CAM).
+Showing runs: :func:`report`. Models: :func:`model_table`,
 :func:`model_summary`. Benchmarks and studies: :func:`bench_throughput`,
 :func:`bench_time_to_accuracy`, :func:`study_degradation`, :func:`study_gradients`.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import platform
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,10 +27,13 @@ from .checkpoint import load_model
 from .data.prepare import prepare_data
 from .errors import UserError
 from .export import ExportResult, export_checkpoint
+from .gradcam import Explanation, explain_images, write_explanations
 from .io import write_json
 from .models import model_info
 from .plots import plot_confusion
 from .predict import Prediction, draw_grid, expand_inputs, predict, predict_paths
+from .reporting import evaluation_extras, format_class_table, load_run, render_report
+from .reporting.extras import hardware
 from .runtime.device import resolve_device, resolve_precision
 from .runtime.inference import evaluate as evaluate_loader
 from .runtime.loaders import eval_loader
@@ -42,7 +47,8 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "RESUME_OVERRIDABLE", "ExportResult", "Prediction", "Recipe", "RunResult", "__version__", "bench_throughput",
-    "bench_time_to_accuracy", "draw_grid", "evaluate", "export", "list_recipes", "load_checkpoint",
+    "bench_time_to_accuracy", "draw_grid", "evaluate", "explain", "export", "format_class_table", "list_recipes",
+    "load_checkpoint", "report",
     "machine_info", "model_summary", "model_table", "predict", "predict_files", "resume", "save_json",
     "study_degradation", "study_gradients", "train",
 ]
@@ -50,27 +56,47 @@ __all__ = [
 
 # ---------------------------------------------------------------------------------- training
 def train(model: str | None = None, data: str | None = None, recipe: str | None = None, *,
-          progress: bool = False, **options: Any) -> RunResult:
+          progress: bool = False, report: bool = False, command: str | None = None, **options: Any) -> RunResult:
     """Train a model and return its :class:`~resnetkit.training.trainer.RunResult`.
 
     Example: ``resnetkit.train("resnet20", "synthetic", epochs=2, out="runs/demo")``. Options are
     :class:`~resnetkit.training.config.TrainConfig` fields; ``None`` values keep the recipe's.
-    To continue a run, use :func:`resume`.
+    To continue a run, use :func:`resume`. With ``report`` (the CLI's default) the run directory
+    gets ``report.html`` at the end (see :func:`report`), with ``command`` as the command that ran.
     """
     if "resume" in options:
         raise UserError("train() starts a new run; continue one with resnetkit.resume(run_dir)")
     cfg = resolve_config(recipe, model=model, data=data, **options)
-    return fit(cfg, progress=progress)
+    result = fit(cfg, progress=progress)
+    if report:
+        report_after_training(result.out_dir, command)
+    return result
 
 
-def resume(run_dir: str | Path, *, progress: bool = False, **overrides: Any) -> RunResult:
+def report_after_training(run_dir: Path | None, command: str | None = None) -> None:
+    """Write RUN_DIR/report.html (and command.txt) on rank 0; a failure is logged, never raised."""
+    if run_dir is None or int(os.environ.get("RANK", "0")) != 0:
+        return
+    try:
+        if command:
+            (Path(run_dir) / "command.txt").write_text(command + "\n")
+        report([run_dir], Path(run_dir) / "report.html")
+    except Exception as e:  # the run has finished and is saved: a report problem must not fail it
+        log.warning("could not write %s/report.html: %s", run_dir, e)
+
+
+def resume(run_dir: str | Path, *, progress: bool = False, report: bool = False, command: str | None = None,
+           **overrides: Any) -> RunResult:
     """Continue the run in ``run_dir`` (or from a ``last.pt``) exactly where it stopped.
 
     The settings come from the checkpoint; ``overrides`` may change only the keys in
     :data:`RESUME_OVERRIDABLE` (``epochs``, ``device``, stop points and logging); ``None`` values
-    are ignored, any other key is refused.
+    are ignored, any other key is refused. ``report`` and ``command`` as in :func:`train`.
     """
-    return fit(resume=run_dir, resume_overrides=overrides, progress=progress)
+    result = fit(resume=run_dir, resume_overrides=overrides, progress=progress)
+    if report:
+        report_after_training(result.out_dir, command)
+    return result
 
 
 # ---------------------------------------------------------------------------------- checkpoints
@@ -87,12 +113,14 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> nn.
 
 def evaluate(checkpoint: str | Path, data: str | None = None, *, tta: bool = False,
              device: str = "auto", batch_size: int = 256, precision: str = "auto",
-             out: str | Path | None = None, progress: bool = False) -> dict:
+             out: str | Path | None = None, progress: bool = False, worst: int = 24) -> dict:
     """Top-1/top-5/loss/per-class accuracy and the confusion matrix on a dataset's test split.
 
     ``data`` defaults to the data the checkpoint was trained on. No training augmentation is
     applied. A class with no test images has accuracy NaN (``null`` in JSON). With ``out`` the
-    metrics go to ``metrics.json`` and ``confusion.png`` there.
+    metrics go to ``metrics.json`` and ``confusion.png`` there. Per-class precision, recall, F1 and
+    support (``per_class_metrics``) and the ``worst`` most confidently wrong test images
+    (``worst_errors``; with ``out`` also drawn in ``worst_errors.png``) come with them.
     """
     dev = resolve_device(device)
     model = load_checkpoint(checkpoint, dev)
@@ -106,11 +134,18 @@ def evaluate(checkpoint: str | Path, data: str | None = None, *, tta: bool = Fal
     prec = resolve_precision(precision, dev)
     loader = eval_loader(ds.test_images, ds.test_labels, device=dev, precision=prec, mean=model.mean,
                          std=model.std, batch_size=batch_size)
-    metrics = evaluate_loader(model, loader, len(model.classes), device=dev, precision=prec, tta=tta)
-    metrics.update(classes=list(model.classes), checkpoint=str(checkpoint), data=str(source), tta=tta)
+    kept: list[torch.Tensor] = []
+    metrics = evaluate_loader(model, loader, len(model.classes), device=dev, precision=prec, tta=tta,
+                              keep_logits=kept)
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
+    metrics.update(evaluation_extras(metrics["confusion"], torch.cat(kept), ds.test_labels, ds.test_images,
+                                     model.classes, out, worst))
+    metrics.update(parameters=sum(p.numel() for p in model.parameters()), hardware=hardware(dev),
+                   checkpoint_bytes=Path(checkpoint).stat().st_size)
+    metrics.update(classes=list(model.classes), checkpoint=str(checkpoint), data=str(source), tta=tta)
+    if out is not None:
         write_json(out / "metrics.json", metrics)
         plot_confusion(torch.tensor(metrics["confusion"]), model.classes, out / "confusion.png")
     return metrics
@@ -185,3 +220,51 @@ def save_json(path: str | Path, obj: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, obj)
     return path
+
+
+# ---------------------------------------------------------------------------------- showing runs
+def explain(checkpoint: str | Path, images: Any, *, target_class: int | str | None = None,
+            layer: str | None = None, out: str | Path | None = None, device: str = "cpu",
+            batch_size: int = 32) -> list[Explanation]:
+    """Grad-CAM heat maps of ``images`` under a checkpoint's model.
+
+    ``images``: files, folders and glob patterns, or uint8 ``(3, H, W)`` tensors. ``target_class``
+    (index or name) defaults to each image's predicted class; ``layer`` to the last residual
+    stage. With ``out``, each image's overlay PNG and its map (.npy) are written there.
+    """
+    if isinstance(images, (str, Path)):
+        images = [images]
+    if not isinstance(images, torch.Tensor) and all(isinstance(i, (str, Path)) for i in images):
+        images = expand_inputs(images)
+    model = load_checkpoint(checkpoint, resolve_device(device))
+    result = explain_images(model, images, target_class=target_class, layer=layer, batch_size=batch_size)
+    if out is not None:
+        write_explanations(result, out)
+    return result
+
+
+def report(run_dirs: Sequence[str | Path], out: str | Path | None = None, *, cams: int = 8) -> Path:
+    """One self-contained HTML report of one run, or a comparison of several; returns its path.
+
+    A run without ``eval/metrics.json`` is first evaluated (``last.pt`` on its test split) and
+    gets Grad-CAM maps of ``cams`` test images (the first of each class) in ``explain/``. ``out``
+    defaults to RUN_DIR/report.html for one run and ./report.html for several.
+    """
+    if not run_dirs:
+        raise UserError("give at least one run directory")
+    runs = [Path(r) for r in run_dirs]
+    for run in runs:
+        if not (run / "last.pt").is_file():
+            raise UserError(f"{run} holds no last.pt; give the run directory of a finished training run")
+        ev = run / "eval" / "metrics.json"
+        if not ev.is_file() or "per_class_metrics" not in ev.read_text():
+            evaluate(run / "last.pt", out=run / "eval", device="cpu")
+        if cams > 0 and not any((run / "explain").glob("*.png")):
+            model = load_checkpoint(run / "last.pt")
+            cfg = TrainConfig.from_dict(model.checkpoint_meta["config"])
+            ds = prepare_data(cfg.data, dataset=cfg.dataset, image_size=model.image_size)
+            firsts = [int((ds.test_labels == c).nonzero()[0]) for c in range(len(ds.classes))
+                      if bool((ds.test_labels == c).any())][:cams]
+            write_explanations(explain_images(model, [ds.test_images[i] for i in firsts]), run / "explain")
+    out = Path(out) if out is not None else (runs[0] / "report.html" if len(runs) == 1 else Path("report.html"))
+    return render_report([load_run(r) for r in runs], out)

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .data.augment import normalize
-from .data.folder import decode_files, fit_image
+from .data.images import decode_images, fit_image
 from .errors import UserError
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ def load_images(images: Any, size: int) -> tuple[list[str], torch.Tensor]:
     sources: list[str] = []
     out: list[torch.Tensor] = []
     paths = [Path(i) for i in images if isinstance(i, (str, Path))]
-    decoded = iter(decode_files(paths, size)) if paths else iter(())
+    decoded = iter(decode_images(paths, size)) if paths else iter(())
     for i, item in enumerate(images):
         if isinstance(item, (str, Path)):
             x = next(decoded)

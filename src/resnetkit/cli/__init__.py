@@ -27,6 +27,8 @@ COMMANDS = {
     "export": "export",
     "bench": "bench",
     "study": "study",
+    "explain": "explain",
+    "report": "report",
 }
 
 
