@@ -9,12 +9,11 @@ import pytest
 import torch
 
 import resnetkit
-from resnetkit.reporting import extras
 from resnetkit.cli import main
 from resnetkit.data.augment import normalize
 from resnetkit.data.prepare import prepare_data
 from resnetkit.metrics import most_confident_errors, precision_recall_f1
-from resnetkit.reporting import format_class_table
+from resnetkit.reporting import extras, format_class_table
 
 N = 12
 

@@ -4,8 +4,9 @@ a gallery of the test images the model got most confidently wrong."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
