@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import resnetkit
+from resnetkit import api
 from resnetkit.cli import main
 from resnetkit.data.augment import normalize
-from resnetkit.data.prepare import prepare_data
 from resnetkit.metrics import most_confident_errors, precision_recall_f1
 from resnetkit.reporting import extras, format_class_table
 
@@ -57,38 +57,51 @@ def test_most_confident_errors_brute_force() -> None:
     assert [r["prob"] for r in got] == sorted((r["prob"] for r in got), reverse=True)
 
 
-def _independent_logits(model, images: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return torch.cat([model(normalize(images[i:i + 256], model.mean, model.std)).float()
-                          for i in range(0, len(images), 256)])
+def test_eval_gallery_holds_exactly_the_most_confident_mistakes(cifar_run, session_cache, tmp_path, monkeypatch,
+                                                                capsys) -> None:
+    monkeypatch.setenv("RESNETKIT_CACHE", str(session_cache))
+    seen = {}
+    real_extras = api.evaluation_extras
 
-
-def test_gallery_holds_exactly_the_most_confident_mistakes(cifar_run, tmp_path, monkeypatch) -> None:
-    shown = {}
+    def spy(confusion, logits, labels, images, *args, **kw):
+        seen.update(logits=logits.clone(), labels=labels, images=images)
+        return real_extras(confusion, logits, labels, images, *args, **kw)
 
     def capture(images, titles, path, **kw):
-        shown["images"], shown["titles"] = [torch.as_tensor(i).clone() for i in images], list(titles)
+        seen["shown"], seen["titles"] = [torch.as_tensor(i).clone() for i in images], list(titles)
         return path
 
+    monkeypatch.setattr(api, "evaluation_extras", spy)
     monkeypatch.setattr(extras, "plot_gallery", capture)
-    m = resnetkit.evaluate(cifar_run / "last.pt", out=tmp_path / "ev", device="cpu", precision="fp32", worst=N)
-    model = resnetkit.load_checkpoint(cifar_run / "last.pt")
-    ds = prepare_data(m["data"], image_size=model.image_size)
-    probs = torch.softmax(_independent_logits(model, ds.test_images), 1)
+    out = tmp_path / "ev"
+    assert main(["eval", str(cifar_run / "last.pt"), "--out", str(out), "--worst", str(N), "--device", "cpu",
+                 "--precision", "fp32"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    probs = torch.softmax(seen["logits"], 1)
     conf, pred = probs.max(1)
-    wrong = (pred != ds.test_labels).nonzero().squeeze(1).tolist()
-    expected = sorted(wrong, key=lambda i: (-float(conf[i]), i))[:N]
-    assert len(wrong) > 1000  # 30 steps: far from perfect, plenty of mistakes to choose from
+    wrong = (pred != seen["labels"]).nonzero().squeeze(1).tolist()
+    expected = sorted(wrong, key=lambda i: (-float(conf[i]), i))[:N]  # brute force over every test image
+    assert len(seen["logits"]) == 10_000 and len(wrong) > 1000  # 30 steps: plenty of mistakes to choose from
     assert [r["index"] for r in m["worst_errors"]] == expected
-    assert len(shown["images"]) == N
-    for img, i in zip(shown["images"], expected):
-        assert torch.equal(img, ds.test_images[i].permute(1, 2, 0))
-    for title, i in zip(shown["titles"], expected):
-        assert ds.classes[int(ds.test_labels[i])] in title and ds.classes[int(pred[i])] in title
-        assert f"{float(conf[i]):.0%}" in title
+    # the logits at those indices are the model's on those very images (the loader kept their order)
+    model = resnetkit.load_checkpoint(cifar_run / "last.pt")
+    with torch.no_grad():
+        again = torch.softmax(model(normalize(seen["images"][expected], model.mean, model.std)), 1)
+    assert again.argmax(1).tolist() == [r["pred"] for r in m["worst_errors"]]
+    assert again.max(1).values.tolist() == pytest.approx([r["prob"] for r in m["worst_errors"]], abs=1e-4)
+    assert [r["true"] for r in m["worst_errors"]] == seen["labels"][expected].tolist()
+    # the gallery shows exactly those images, titled with their true and predicted labels
+    assert len(seen["shown"]) == N
+    for img, i in zip(seen["shown"], expected):
+        assert torch.equal(img, seen["images"][i].permute(1, 2, 0))
+    for title, r in zip(seen["titles"], m["worst_errors"]):
+        assert title == f"true {r['true_label']}\npred {r['pred_label']} {r['prob']:.0%}"
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].split() == ["class", "accuracy", "precision", "recall", "F1", "support"]
+    assert printed[1:11] == format_class_table(m)[1:]
 
 
-def test_class_table_matches_the_confusion_matrix(cifar_run, capsys) -> None:
+def test_class_table_matches_the_confusion_matrix(cifar_run) -> None:
     m = json.loads((cifar_run / "eval" / "metrics.json").read_text())
     cm = torch.tensor(m["confusion"], dtype=torch.float64)
     t = m["per_class_metrics"]
@@ -102,12 +115,8 @@ def test_class_table_matches_the_confusion_matrix(cifar_run, capsys) -> None:
             assert t["precision"][c] == pytest.approx(p)
             assert t["f1"][c] == pytest.approx(2 * p * r / (p + r) if p + r else 0.0)
         else:
-            assert t["precision"][c] is None
-    # the CLI prints the same table
-    assert main(["eval", str(cifar_run / "last.pt"), "--out", str(cifar_run / "eval-cli"), "--worst", "4"]) == 0
-    printed = capsys.readouterr().out.splitlines()
-    assert printed[0].split() == ["class", "accuracy", "precision", "recall", "F1", "support"]
-    first = printed[1].split()
-    assert first[0] == m["classes"][0] and first[-1] == str(t["support"][0])
-    assert first[3] == f"{t['recall'][0]:.2%}"
-    assert (cifar_run / "eval-cli" / "worst_errors.png").stat().st_size > 5_000
+            assert t["precision"][c] is None and t["f1"][c] is None
+    row = format_class_table(m)[1].split()
+    assert row == [m["classes"][0], f"{m['per_class'][0]:.2%}", "-" if t["precision"][0] is None else
+                   f"{t['precision'][0]:.2%}", f"{t['recall'][0]:.2%}",
+                   "-" if t["f1"][0] is None else f"{t['f1'][0]:.3f}", str(t["support"][0])]

@@ -12,9 +12,10 @@ from PIL import Image
 
 import resnetkit
 from resnetkit.cli import main
+from resnetkit.data.augment import normalize
 from resnetkit.data.synthetic import make_synthetic
 from resnetkit.errors import UserError
-from resnetkit.gradcam import default_layer, explain_images
+from resnetkit.gradcam import default_layer, explain_images, grad_cam
 from resnetkit.models import create_model
 
 # one model per registered family (at a quarter width: the module tree is the same, the test cheap),
@@ -53,44 +54,68 @@ def test_default_layer_and_batched_maps_for_every_family(name: str) -> None:
 
 @pytest.fixture(scope="module")
 def cam_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """ResNet-20 trained briefly on the synthetic shapes (a shape at a random place over a random colour)."""
+    """ResNet-20 (half width, 16x16 images) trained briefly on the synthetic shapes: a coloured shape at a
+    random place over a random background."""
     out = tmp_path_factory.mktemp("cam") / "run"
-    r = resnetkit.train("resnet20", "synthetic:3000", epochs=3, batch_size=64, lr=0.05, warmup_epochs=0.5,
-                        eval_every=0, device="cpu", precision="fp32", out=str(out))
+    r = resnetkit.train("resnet20", "synthetic:3000", epochs=4, batch_size=32, lr=0.05, warmup_epochs=0.5,
+                        image_size=16, model_kwargs={"width_mult": 0.5}, eval_every=0, device="cpu",
+                        precision="fp32", out=str(out))
     assert r.test_top1 > 0.6  # it has learned the shapes (chance: 0.1)
     return out
 
 
-def _corner_canvases(n: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
-    """Synthetic test images pasted into the top-left quarter of blank 64x64 canvases."""
-    s = make_synthetic(10, num_test=n, seed=5)
-    canvas = torch.zeros(n, 3, 64, 64, dtype=torch.uint8)
-    canvas[:, :, :32, :32] = s.test_images
-    return canvas, s.test_labels
+CORNERS = ((0, 0), (0, 16), (16, 0), (16, 16))  # top-left, top-right, bottom-left, bottom-right
+
+
+def _recognised_objects(model: torch.nn.Module, n: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unseen 16x16 synthetic images that the model classifies correctly, and their labels."""
+    s = make_synthetic(10, num_test=80, seed=5, image_size=16)
+    with torch.no_grad():
+        ok = model(normalize(s.test_images, model.mean, model.std)).argmax(1) == s.test_labels
+    assert int(ok.sum()) >= n
+    return s.test_images[ok][:n], s.test_labels[ok][:n]
+
+
+def _canvas(objects: torch.Tensor, corner: int) -> torch.Tensor:
+    """Each object pasted into one corner of a blank (mid-grey) 32x32 canvas, at its own scale."""
+    r, c = CORNERS[corner]
+    canvas = torch.full((len(objects), 3, 32, 32), 128, dtype=torch.uint8)
+    canvas[:, :, r:r + 16, c:c + 16] = objects
+    return canvas
 
 
 def test_map_mass_sits_on_the_object_in_its_corner(cam_run: Path) -> None:
-    canvas, labels = _corner_canvases()
-    res = resnetkit.explain(cam_run / "last.pt", list(canvas))  # resized to 32: the object fills the top-left 16x16
-    share = np.array([e.cam[:16, :16].sum() / max(e.cam.sum(), 1e-12) for e in res])
-    assert np.median(share) > 0.6, share  # a quarter of the area; a map ignoring the object gives ~0.25
-    assert (share > 0.4).mean() >= 0.8, share
+    model = resnetkit.load_checkpoint(cam_run / "last.pt")
+    layer = model.get_submodule(default_layer(model))
+    objects, labels = _recognised_objects(model)
+    shares, hits = [], []
+    for corner in range(4):
+        cam = grad_cam(model, normalize(_canvas(objects, corner), model.mean, model.std), labels, layer).numpy()
+        quarters = np.stack([cam[:, r:r + 16, c:c + 16].sum((1, 2)) for r, c in CORNERS], axis=1)
+        shares += list(quarters[:, corner] / quarters.sum(1))
+        hits += list(quarters.argmax(1) == corner)
+    # the object's quarter is a quarter of the canvas: a map that ignored the object would give 0.25
+    assert np.median(shares) > 0.5, np.round(shares, 2)
+    assert np.mean(hits) >= 0.85, hits
 
 
 def test_maps_for_two_target_classes_differ(cam_run: Path) -> None:
-    canvas, _ = _corner_canvases(4)
-    a = explain_images(resnetkit.load_checkpoint(cam_run / "last.pt"), list(canvas), target_class="disk")
-    b = explain_images(resnetkit.load_checkpoint(cam_run / "last.pt"), list(canvas), target_class=3)
+    model = resnetkit.load_checkpoint(cam_run / "last.pt")
+    objects, _ = _recognised_objects(model, 4)
+    model.image_size = 32  # explain the canvases as they are (the network is fully convolutional)
+    a = explain_images(model, list(_canvas(objects, 0)), target_class="disk")
+    b = explain_images(model, list(_canvas(objects, 0)), target_class=3)
     assert all(x.target_label == "disk" and y.target_label == "cross" for x, y in zip(a, b))
+    assert all(x.cam.shape == (32, 32) for x in a)
     diff = [float(np.abs(x.cam - y.cam).mean()) for x, y in zip(a, b)]
     assert min(diff) > 0.02, diff
     assert all(x.prob == pytest.approx(y.prob) for x, y in zip(a, b))  # the prediction does not depend on it
 
 
 def test_cli_writes_png_and_npy_per_image(cam_run: Path, tmp_path: Path, capsys) -> None:
-    canvas, _ = _corner_canvases(2)
+    model = resnetkit.load_checkpoint(cam_run / "last.pt")
     files = []
-    for i, x in enumerate(canvas):
+    for i, x in enumerate(_canvas(_recognised_objects(model, 2)[0], 3)):
         files.append(tmp_path / f"img{i}.png")
         Image.fromarray(x.permute(1, 2, 0).numpy()).save(files[-1])
     out = tmp_path / "cam"
@@ -98,7 +123,7 @@ def test_cli_writes_png_and_npy_per_image(cam_run: Path, tmp_path: Path, capsys)
                  "--layer", "layer2", "--out", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["000-img0.npy", "000-img0.png", "001-img1.npy", "001-img1.png"]
     cam = np.load(out / "000-img0.npy")
-    assert cam.shape == (32, 32) and cam.max() == pytest.approx(1.0)
+    assert cam.shape == (16, 16) and cam.max() == pytest.approx(1.0)  # at the model's input size
     with Image.open(out / "000-img0.png") as im:
         assert im.size[0] > 200
     assert "img0.png:" in capsys.readouterr().out

@@ -10,6 +10,8 @@ from pathlib import Path
 import resnetkit
 from resnetkit.cli import main
 
+from .conftest import WIDTH
+
 
 def _html(path: Path) -> str:
     return path.read_text(encoding="utf-8")
@@ -27,7 +29,8 @@ def test_training_report_is_self_contained_and_complete(cifar_run: Path) -> None
     assert ev["top1"] == result["test"]["top1"]  # the report's evaluation of last.pt is the run's own test pass
     assert f'{result["test"]["top1"]:.2%}' in html
     assert "resnetkit train --model resnet20" in html  # the command
-    assert f'{ev["parameters"]:,}' in html and ev["parameters"] == 269_722  # ResNet-20, 10 classes (He et al. 2015: 0.27M)
+    expected = sum(p.numel() for p in resnetkit.create_model("resnet20", width_mult=WIDTH).parameters())
+    assert ev["parameters"] == expected and f"{expected:,}" in html
     for name in ev["classes"]:
         assert f'<td class="l">{name}</td>' in html
     assert html.count("<tr>") > 10 + 9  # per-class rows and the metrics table
