@@ -28,7 +28,7 @@ from .data.prepare import prepare_data
 from .errors import UserError
 from .export import ExportResult, export_checkpoint
 from .gradcam import Explanation, explain_images, write_explanations
-from .io import write_json
+from .io import write_json, write_text
 from .models import model_info
 from .plots import plot_confusion
 from .predict import Prediction, draw_grid, expand_inputs, predict, predict_paths
@@ -79,7 +79,7 @@ def report_after_training(run_dir: Path | None, command: str | None = None) -> N
         return
     try:
         if command:
-            (Path(run_dir) / "command.txt").write_text(command + "\n")
+            write_text(Path(run_dir) / "command.txt", command + "\n")
         report([run_dir], Path(run_dir) / "report.html")
     except Exception as e:  # the run has finished and is saved: a report problem must not fail it
         log.warning("could not write %s/report.html: %s", run_dir, e)

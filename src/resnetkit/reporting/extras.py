@@ -4,6 +4,8 @@ a gallery of the test images the model got most confidently wrong."""
 from __future__ import annotations
 
 import math
+import os
+import platform
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -61,9 +63,6 @@ def format_class_table(metrics: dict) -> list[str]:
 
 def hardware(device: Any = None) -> dict:
     """The machine an evaluation ran on: CPU model, cores, torch threads, the GPU if one was used."""
-    import os
-    import platform
-
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

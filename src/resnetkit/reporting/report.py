@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..io import write_text
 from ..plots import plot_curves_compare
 
 log = logging.getLogger(__name__)
@@ -132,13 +133,10 @@ def render_report(runs: Sequence[dict], out: str | Path) -> Path:
     html = env.get_template(TEMPLATE).render(runs=runs, compare=compare,
                                              created=time.strftime("%Y-%m-%d %H:%M:%S"))
     out = Path(out)
-    tmp_path = out.with_name(f".{out.name}.tmp")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp_path.write_text(html, encoding="utf-8")
-        tmp_path.replace(out)
+        write_text(out, html)
     except OSError as e:
-        tmp_path.unlink(missing_ok=True)
         raise UserError(f"could not write the report {out}: {e.strerror or e}") from None
     log.info("wrote %s (%d run(s), %.0f kB)", out, len(runs), out.stat().st_size / 1e3)
     return out
