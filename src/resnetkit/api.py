@@ -126,7 +126,9 @@ def evaluate(checkpoint: str | Path, data: str | None = None, *, tta: bool = Fal
     model = load_checkpoint(checkpoint, dev)
     cfg = TrainConfig.from_dict(model.checkpoint_meta["config"])
     source = data or cfg.data
-    ds = prepare_data(source, dataset=cfg.dataset if data is None else None, image_size=model.image_size,
+    # the training data is asked for as training asked (same cache entry: no second decode of an archive)
+    size = cfg.image_size if data is None else model.image_size
+    ds = prepare_data(source, dataset=cfg.dataset if data is None else None, image_size=size,
                       skip_bad_images=cfg.skip_bad_images, progress=progress)
     if list(ds.classes) != list(model.classes):
         raise UserError(f"the classes of {source} ({len(ds.classes)}: {', '.join(ds.classes[:4])}...) differ from "
@@ -262,7 +264,8 @@ def report(run_dirs: Sequence[str | Path], out: str | Path | None = None, *, cam
         if cams > 0 and not any((run / "explain").glob("*.png")):
             model = load_checkpoint(run / "last.pt")
             cfg = TrainConfig.from_dict(model.checkpoint_meta["config"])
-            ds = prepare_data(cfg.data, dataset=cfg.dataset, image_size=model.image_size)
+            ds = prepare_data(cfg.data, dataset=cfg.dataset, image_size=cfg.image_size,
+                              skip_bad_images=cfg.skip_bad_images)
             firsts = [int((ds.test_labels == c).nonzero()[0]) for c in range(len(ds.classes))
                       if bool((ds.test_labels == c).any())][:cams]
             write_explanations(explain_images(model, [ds.test_images[i] for i in firsts]), run / "explain")

@@ -23,7 +23,7 @@ def test_training_report_is_self_contained_and_complete(cifar_run: Path) -> None
     assert srcs and all(s.startswith("data:") or s.startswith("#") for s in srcs), srcs
     assert not re.search(r"https?://", html)  # nothing that could reach the network
     images = re.findall(r'<img src="data:image/png;base64,', html)
-    assert len(images) == 3 + 1 + 8  # curves, confusion, gallery; worst errors; 8 Grad-CAM maps (one per class)
+    assert len(images) == 3 + 8  # curves, confusion matrix, worst-errors gallery; 8 Grad-CAM maps (one per class)
     result = json.loads((cifar_run / "result.json").read_text())
     ev = json.loads((cifar_run / "eval" / "metrics.json").read_text())
     assert ev["top1"] == result["test"]["top1"]  # the report's evaluation of last.pt is the run's own test pass
