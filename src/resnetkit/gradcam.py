@@ -27,6 +27,7 @@ from torch import nn
 from .data.augment import normalize
 from .data.images import decode_images, fit_image
 from .errors import UserError
+from .plots import plot_cam
 
 log = logging.getLogger(__name__)
 
@@ -199,8 +200,6 @@ def explain_images(model: nn.Module, images: Any, *, target_class: int | str | N
 
 def write_explanations(explanations: Sequence[Explanation], out: str | Path) -> list[Path]:
     """Per image: ``NNN-NAME.png`` (image, heat map over it, prediction) and ``NNN-NAME.npy`` (the map)."""
-    from .plots import plot_cam  # matplotlib is imported only when a figure is drawn
-
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
