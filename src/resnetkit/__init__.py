@@ -4,11 +4,14 @@
     result = resnetkit.train("resnet20", "synthetic", epochs=2, out="runs/demo")
     model = resnetkit.load_checkpoint("runs/demo/best.pt")
     metrics = resnetkit.evaluate("runs/demo/best.pt")
+    maps = resnetkit.explain("runs/demo/best.pt", ["cat.jpg"], out="runs/demo/cam")
+    resnetkit.report(["runs/demo"])
 """
 
-from .api import evaluate, load_checkpoint, resume, train
+from .api import evaluate, explain, load_checkpoint, report, resume, train
 from .errors import UserError
 from .models import create_model, list_models
 from .version import __version__
 
-__all__ = ["UserError", "create_model", "list_models", "train", "resume", "evaluate", "load_checkpoint", "__version__"]
+__all__ = ["UserError", "create_model", "list_models", "train", "resume", "evaluate", "load_checkpoint", "explain",
+           "report", "__version__"]

@@ -2,7 +2,8 @@
 only through this module).
 
 Training: :func:`train`, :func:`resume`. Using a checkpoint: :func:`load_checkpoint`,
-:func:`evaluate`, :func:`predict_files`, :func:`export`. Models: :func:`model_table`,
+:func:`evaluate`, :func:`predict_files`, :func:`export`, :func:`explain` (Grad-CAM).
+Showing runs: :func:`report`. Models: :func:`model_table`,
 :func:`model_summary`. Benchmarks and studies: :func:`bench_throughput`,
 :func:`bench_time_to_accuracy`, :func:`study_degradation`, :func:`study_gradients`.
 """
@@ -27,10 +28,13 @@ from .checkpoint import load_model
 from .data.prepare import prepare_data
 from .errors import UserError
 from .export import TOLERANCE, ExportResult, export_checkpoint, is_torchscript_export, load_export
-from .io import write_json
+from .gradcam import Explanation, explain_images, write_explanations
+from .io import write_json, write_text
 from .models import model_info
 from .plots import plot_confusion
 from .predict import Prediction, draw_grid, expand_inputs, predict, predict_paths
+from .reporting import evaluation_extras, format_class_table, load_run, render_report
+from .reporting.extras import hardware
 from .runtime.cpuinfo import CpuFacts, collect
 from .runtime.device import resolve_device, resolve_precision
 from .runtime.inference import evaluate as evaluate_loader
@@ -46,9 +50,9 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "BATCH_FRACTION", "RESUME_OVERRIDABLE", "ExportResult", "Prediction", "Recipe", "RunResult", "__version__",
-    "bench_throughput", "bench_time_to_accuracy", "cpu_facts", "draw_grid", "evaluate", "export", "list_recipes",
-    "load_checkpoint", "machine_info", "model_summary", "model_table", "precision_probe", "predict", "predict_files",
-    "recipe_defaults", "resume", "save_json",
+    "bench_throughput", "bench_time_to_accuracy", "cpu_facts", "draw_grid", "evaluate", "explain", "export",
+    "format_class_table", "list_recipes", "load_checkpoint", "machine_info", "model_summary", "model_table",
+    "precision_probe", "predict", "predict_files", "recipe_defaults", "report", "resume", "save_json",
     "study_degradation", "study_gradients", "train",
 ]
 
@@ -68,14 +72,16 @@ def interactive() -> bool:
 
 # ---------------------------------------------------------------------------------- training
 def train(model: str | None = None, data: str | None = None, recipe: str | None = None, *,
-          progress: bool | None = None, **options: Any) -> RunResult:
+          progress: bool | None = None, report: bool = False, command: str | None = None,
+          **options: Any) -> RunResult:
     """Train a model and return its :class:`~resnetkit.training.trainer.RunResult`.
 
     Example: ``resnetkit.train("resnet20", "path/to/folder", epochs=2, out="runs/demo")``. Options
     are :class:`~resnetkit.training.config.TrainConfig` fields; ``None`` values keep the recipe's.
     ``data`` is required ('synthetic' asks for generated images). A progress bar is drawn on
     stderr when run interactively (``progress=None``); ``progress=False`` silences it.
-    To continue a run, use :func:`resume`.
+    To continue a run, use :func:`resume`. With ``report`` (the CLI's default) the run directory
+    gets ``report.html`` at the end (see :func:`report`), with ``command`` as the command that ran.
     """
     if "resume" in options:
         raise UserError("train() starts a new run; continue one with resnetkit.resume(run_dir)")
@@ -84,7 +90,10 @@ def train(model: str | None = None, data: str | None = None, recipe: str | None 
     if data is None and options.get("dataset") != "synthetic":
         raise UserError(NO_DATA)
     cfg = resolve_config(recipe, model=model, data=data, **options)
-    return fit(cfg, progress=progress)
+    result = fit(cfg, progress=progress)
+    if report:
+        report_after_training(result.out_dir, command)
+    return result
 
 
 def recipe_defaults(recipe: str) -> dict[str, Any]:
@@ -92,15 +101,31 @@ def recipe_defaults(recipe: str) -> dict[str, Any]:
     return resolve_recipe_defaults(recipe)
 
 
-def resume(run_dir: str | Path, *, progress: bool | None = None, **overrides: Any) -> RunResult:
+def report_after_training(run_dir: Path | None, command: str | None = None) -> None:
+    """Write RUN_DIR/report.html (and command.txt) on rank 0; a failure is logged, never raised."""
+    if run_dir is None or int(os.environ.get("RANK", "0")) != 0:
+        return
+    try:
+        if command:
+            write_text(Path(run_dir) / "command.txt", command + "\n")
+        report([run_dir], Path(run_dir) / "report.html")
+    except Exception as e:  # the run has finished and is saved: a report problem must not fail it
+        log.warning("could not write %s/report.html: %s", run_dir, e)
+
+
+def resume(run_dir: str | Path, *, progress: bool | None = None, report: bool = False, command: str | None = None,
+           **overrides: Any) -> RunResult:
     """Continue the run in ``run_dir`` (or from a ``last.pt``) exactly where it stopped.
 
     A progress bar is drawn when run interactively (``progress=None``); ``progress=False`` silences it.
     The settings come from the checkpoint; ``overrides`` may change only the keys in
     :data:`RESUME_OVERRIDABLE` (``epochs``, ``device``, stop points and logging); ``None`` values
-    are ignored, any other key is refused.
+    are ignored, any other key is refused. ``report`` and ``command`` as in :func:`train`.
     """
-    return fit(resume=run_dir, resume_overrides=overrides, progress=interactive() if progress is None else progress)
+    result = fit(resume=run_dir, resume_overrides=overrides, progress=interactive() if progress is None else progress)
+    if report:
+        report_after_training(result.out_dir, command)
+    return result
 
 
 # ---------------------------------------------------------------------------------- checkpoints
@@ -121,13 +146,16 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> nn.
 
 def evaluate(checkpoint: str | Path, data: str | None = None, *, tta: bool = False,
              device: str = "auto", batch_size: int = 256, precision: str = "auto",
-             out: str | Path | None = None, overwrite: bool = False, progress: bool = False) -> dict:
+             out: str | Path | None = None, overwrite: bool = False, progress: bool = False,
+             worst: int = 24) -> dict:
     """Top-1/top-5/loss/per-class accuracy and the confusion matrix on a dataset's test split.
 
     ``data`` defaults to the data the checkpoint was trained on. No training augmentation is
     applied. A class with no test images has accuracy NaN (``null`` in JSON). With ``out`` the
     metrics go to ``metrics.json`` and ``confusion.png`` there; earlier ones are replaced only with
-    ``overwrite`` (checked before any work).
+    ``overwrite`` (checked before any work). Per-class precision, recall, F1 and support
+    (``per_class_metrics``) and the ``worst`` most confidently wrong test images (``worst_errors``;
+    with ``out`` also drawn in ``worst_errors.png``) come with them.
     """
     if out is not None:
         out = _check_eval_out(Path(out), overwrite)
@@ -135,7 +163,9 @@ def evaluate(checkpoint: str | Path, data: str | None = None, *, tta: bool = Fal
     model = load_checkpoint(checkpoint, dev)
     cfg = TrainConfig.from_dict(model.checkpoint_meta["config"])
     source = data or cfg.data
-    ds = prepare_data(source, dataset=cfg.dataset if data is None else None, image_size=model.image_size,
+    # the training data is asked for as training asked (same cache entry: no second decode of an archive)
+    size = cfg.image_size if data is None else model.image_size
+    ds = prepare_data(source, dataset=cfg.dataset if data is None else None, image_size=size,
                       skip_bad_images=cfg.skip_bad_images, progress=progress)
     if list(ds.classes) != list(model.classes):
         raise UserError(f"the classes of {source} ({len(ds.classes)}: {', '.join(ds.classes[:4])}...) differ from "
@@ -145,7 +175,13 @@ def evaluate(checkpoint: str | Path, data: str | None = None, *, tta: bool = Fal
         _make_eval_out(out)
     loader = eval_loader(ds.test_images, ds.test_labels, device=dev, precision=prec, mean=model.mean,
                          std=model.std, batch_size=batch_size)
-    metrics = evaluate_loader(model, loader, len(model.classes), device=dev, precision=prec, tta=tta)
+    kept: list[torch.Tensor] = []
+    metrics = evaluate_loader(model, loader, len(model.classes), device=dev, precision=prec, tta=tta,
+                              keep_logits=kept)
+    metrics.update(evaluation_extras(metrics["confusion"], torch.cat(kept), ds.test_labels, ds.test_images,
+                                     model.classes, out, worst))
+    metrics.update(parameters=sum(p.numel() for p in model.parameters()), hardware=hardware(dev),
+                   checkpoint_bytes=Path(checkpoint).stat().st_size)
     metrics.update(classes=list(model.classes), checkpoint=str(checkpoint), data=str(source), tta=tta)
     if out is not None:
         write_json(out / "metrics.json", metrics)
@@ -156,7 +192,7 @@ def evaluate(checkpoint: str | Path, data: str | None = None, *, tta: bool = Fal
     return metrics
 
 
-EVAL_FILES = ("metrics.json", "confusion.png")
+EVAL_FILES = ("metrics.json", "confusion.png", "worst_errors.png")
 
 
 def _check_eval_out(out: Path, overwrite: bool) -> Path:
@@ -267,3 +303,52 @@ def save_json(path: str | Path, obj: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, obj)
     return path
+
+
+# ---------------------------------------------------------------------------------- showing runs
+def explain(checkpoint: str | Path, images: Any, *, target_class: int | str | None = None,
+            layer: str | None = None, out: str | Path | None = None, device: str = "cpu",
+            batch_size: int = 32) -> list[Explanation]:
+    """Grad-CAM heat maps of ``images`` under a checkpoint's model.
+
+    ``images``: files, folders and glob patterns, or uint8 ``(3, H, W)`` tensors. ``target_class``
+    (index or name) defaults to each image's predicted class; ``layer`` to the last residual
+    stage. With ``out``, each image's overlay PNG and its map (.npy) are written there.
+    """
+    if isinstance(images, (str, Path)):
+        images = [images]
+    if not isinstance(images, torch.Tensor) and all(isinstance(i, (str, Path)) for i in images):
+        images = expand_inputs(images)
+    model = load_checkpoint(checkpoint, resolve_device(device))
+    result = explain_images(model, images, target_class=target_class, layer=layer, batch_size=batch_size)
+    if out is not None:
+        write_explanations(result, out)
+    return result
+
+
+def report(run_dirs: Sequence[str | Path], out: str | Path | None = None, *, cams: int = 8) -> Path:
+    """One self-contained HTML report of one run, or a comparison of several; returns its path.
+
+    A run without ``eval/metrics.json`` is first evaluated (``last.pt`` on its test split) and
+    gets Grad-CAM maps of ``cams`` test images (the first of each class) in ``explain/``. ``out``
+    defaults to RUN_DIR/report.html for one run and ./report.html for several.
+    """
+    if not run_dirs:
+        raise UserError("give at least one run directory")
+    runs = [Path(r) for r in run_dirs]
+    for run in runs:
+        if not (run / "last.pt").is_file():
+            raise UserError(f"{run} holds no last.pt; give the run directory of a finished training run")
+        ev = run / "eval" / "metrics.json"
+        if not ev.is_file() or "per_class_metrics" not in ev.read_text():
+            evaluate(run / "last.pt", out=run / "eval", device="cpu")
+        if cams > 0 and not any((run / "explain").glob("*.png")):
+            model = load_checkpoint(run / "last.pt")
+            cfg = TrainConfig.from_dict(model.checkpoint_meta["config"])
+            ds = prepare_data(cfg.data, dataset=cfg.dataset, image_size=cfg.image_size,
+                              skip_bad_images=cfg.skip_bad_images)
+            firsts = [int((ds.test_labels == c).nonzero()[0]) for c in range(len(ds.classes))
+                      if bool((ds.test_labels == c).any())][:cams]
+            write_explanations(explain_images(model, [ds.test_images[i] for i in firsts]), run / "explain")
+    out = Path(out) if out is not None else (runs[0] / "report.html" if len(runs) == 1 else Path("report.html"))
+    return render_report([load_run(r) for r in runs], out)

@@ -157,3 +157,40 @@ class MetricAccumulator:
             "per_class": per_class_accuracy(cm),
             "confusion": cm,
         }
+
+
+def precision_recall_f1(cm: torch.Tensor) -> dict[str, list[float]]:
+    """Per-class ``precision``, ``recall``, ``f1`` and ``support`` from a confusion matrix.
+
+    Rows are true classes, columns predictions. Precision is ``diag / column sum``, recall
+    ``diag / row sum`` (the per-class accuracy), F1 their harmonic mean (0 when both are 0).
+    Undefined values are NaN, not 0: precision of a class never predicted, recall and F1 of a
+    class with no samples (scikit-learn would warn and print 0).
+    """
+    if cm.dim() != 2 or cm.shape[0] != cm.shape[1]:
+        raise ValueError(f"expected a square confusion matrix, got shape {tuple(cm.shape)}")
+    cm = cm.double().cpu()
+    tp = cm.diagonal()
+    precision = tp / cm.sum(dim=0)  # 0/0 -> nan
+    recall = tp / cm.sum(dim=1)
+    denom = precision + recall
+    f1 = torch.where(denom > 0, 2 * precision * recall / denom, torch.zeros_like(denom))
+    f1 = torch.where(precision.isnan() | recall.isnan(), torch.full_like(f1, float("nan")), f1)
+    return {"precision": precision.tolist(), "recall": recall.tolist(), "f1": f1.tolist(),
+            "support": [int(s) for s in cm.sum(dim=1).tolist()]}
+
+
+def most_confident_errors(logits: torch.Tensor, targets: torch.Tensor, n: int) -> list[dict]:
+    """The ``n`` misclassified rows with the highest softmax probability on their (wrong) prediction.
+
+    Returns ``{"index", "true", "pred", "prob"}`` dicts, most confident first; ties go to the
+    lower index (a stable sort), so the choice is deterministic.
+    """
+    _check_logits(logits, targets)
+    probs = torch.softmax(logits.float(), dim=1)
+    conf, pred = probs.max(dim=1)
+    wrong = (pred != targets).nonzero().squeeze(1)
+    order = torch.sort(conf[wrong], descending=True, stable=True).indices[:max(0, n)]
+    picked = wrong[order]
+    return [{"index": int(i), "true": int(targets[i]), "pred": int(pred[i]), "prob": float(conf[i])}
+            for i in picked.tolist()]

@@ -128,3 +128,61 @@ def plot_confusion(
                         color="white" if v > 0.6 * vmax else "black")
     fig.tight_layout()
     return _save(fig, path)
+
+
+def plot_cam(image: Any, cam: Any, title: str, path: str | Path, alpha: float = 0.45) -> Path:
+    """The image beside itself with a heat map over it (``jet``, ``alpha`` opaque), titled.
+
+    ``image`` is ``(H, W, 3)`` uint8; ``cam`` is an ``(H, W)`` map in [0, 1] (Grad-CAM).
+    """
+    img = np.asarray(image)
+    fig = _new_figure((4.4, 2.5))
+    ax_img, ax_cam = fig.subplots(1, 2)
+    for ax in (ax_img, ax_cam):
+        ax.imshow(img, interpolation="nearest")
+        ax.axis("off")
+    ax_cam.imshow(np.asarray(cam), cmap="jet", alpha=alpha, vmin=0.0, vmax=1.0, interpolation="bilinear")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_gallery(images: Sequence[Any], titles: Sequence[str], path: str | Path, cols: int = 8) -> Path:
+    """A grid of ``(H, W, 3)`` uint8 images, each with its (multi-line) title; returns ``path``."""
+    n = len(images)
+    if n == 0 or n != len(titles):
+        raise ValueError(f"need as many titles as images (and at least one), got {n} and {len(titles)}")
+    cols = min(cols, n)
+    rows = -(-n // cols)
+    fig = _new_figure((1.6 * cols, 1.95 * rows))
+    for i, (img, title) in enumerate(zip(images, titles)):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        ax.imshow(np.asarray(img), interpolation="nearest")
+        ax.set_title(title, fontsize=7)
+        ax.axis("off")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_curves_compare(histories: Mapping[str, Sequence[Mapping[str, Any]]], path: str | Path) -> Path:
+    """Several runs' curves overlaid: train loss and test (else val) accuracy, one colour per run."""
+    if not histories:
+        raise ValueError("no runs to compare")
+    fig = _new_figure(CURVES_SIZE)
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    for i, (name, history) in enumerate(histories.items()):
+        colour = f"C{i % 10}"
+        for ax, key, scale, style in ((ax_loss, "train_loss", 1.0, "-"), (ax_acc, "test_acc", 100.0, "-"),
+                                      (ax_acc, "val_acc", 100.0, "--"), (ax_acc, "train_acc", 100.0, ":")):
+            xs, ys = _series(history, key)
+            if xs:
+                ax.plot(xs, [y * scale for y in ys], color=colour, linestyle=style, marker="o", markersize=3,
+                        label=f"{name} {key.split('_')[0]}")
+    ax_loss.set(title="training loss", xlabel="epoch", ylabel="loss")
+    ax_acc.set(title="accuracy", xlabel="epoch", ylabel="accuracy (%)")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(True, alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="best", fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -29,6 +29,8 @@ COMMANDS = {
     "bench": "bench",
     "study": "study",
     "doctor": "doctor",
+    "explain": "explain",
+    "report": "report",
 }
 
 

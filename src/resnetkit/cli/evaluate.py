@@ -12,9 +12,10 @@ from .. import api
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "eval", help="evaluate a checkpoint on a test split",
-        description="Top-1, top-5, loss, per-class accuracy and a confusion matrix (confusion.png and "
-                    "metrics.json) of a checkpoint on the test split of --data (default: its training data). "
-                    "No training augmentation is applied.",
+        description="Top-1, top-5, loss, per-class accuracy, precision, recall, F1 and support, a confusion "
+                    "matrix (confusion.png) and a gallery of the most confidently wrong test images "
+                    "(worst_errors.png), all in metrics.json, of a checkpoint on the test split of --data "
+                    "(default: its training data). No training augmentation is applied.",
     )
     p.add_argument("checkpoint", help="a resnetkit checkpoint (last.pt / best.pt)")
     p.add_argument("--data", help="data source (default: the one the checkpoint was trained on)")
@@ -23,21 +24,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
                    help="auto (default): bf16 where it is faster than fp32, else fp32")
     p.add_argument("--batch-size", type=int, default=256, help="images per evaluation batch (default 256)")
-    p.add_argument("--out", help="folder for metrics.json and confusion.png (default: CHECKPOINT_DIR/eval)")
-    p.add_argument("--overwrite", action="store_true", help="replace metrics.json and confusion.png from an "
-                                                           "earlier evaluation in --out")
+    p.add_argument("--out", help="folder for metrics.json, confusion.png and worst_errors.png "
+                                 "(default: CHECKPOINT_DIR/eval)")
+    p.add_argument("--overwrite", action="store_true", help="replace the files of an earlier evaluation in --out")
+    p.add_argument("--worst", type=int, default=24, help="how many most confidently wrong images to show (default 24)")
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "eval"
     m = api.evaluate(args.checkpoint, args.data, tta=args.tta, device=args.device, batch_size=args.batch_size,
-                     precision=args.precision, out=out, overwrite=args.overwrite, progress=sys.stderr.isatty())
-    width = max(len(c) for c in m["classes"])
-    print(f"{'class':<{width}}  accuracy")
-    for c, a in zip(m["classes"], m["per_class"]):
-        print(f"{c:<{width}}  {'-' if a is None or a != a else format(a, '8.2%'):>8}")  # '-': no test images
+                     precision=args.precision, out=out, overwrite=args.overwrite, progress=sys.stderr.isatty(),
+                     worst=args.worst)
+    print("\n".join(api.format_class_table(m)))  # '-': undefined (no test images, or never predicted)
     print(f"top-1 {m['top1']:.2%}  top-5 {m['top5']:.2%}  loss {m['loss']:.4f}  images {m['count']}"
           f"{'  (flip TTA)' if m['tta'] else ''}")
-    print(f"wrote {out / 'metrics.json'} and {out / 'confusion.png'}")
+    print(f"wrote {out / 'metrics.json'}, {out / 'confusion.png'} and {out / 'worst_errors.png'} "
+          f"({len(m['worst_errors'])} most confidently wrong images)")
     return 0

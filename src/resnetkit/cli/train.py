@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -155,11 +156,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--sync-bn", action="store_true", default=None, help="SyncBatchNorm across processes")
     r.add_argument("--tensorboard", action="store_true", default=None, help="also log to RUN_DIR/tb")
     r.add_argument("--nproc", type=int, help="launch N local processes with torchrun (DDP)")
+    r.add_argument("--no-report", action="store_true", help="do not write RUN_DIR/report.html at the end")
     p.set_defaults(func=main)
 
 
 MODEL_OPTIONS = ("zero_init_residual", "drop_rate", "shortcut", "width_mult")
-NOT_CONFIG = ("command", "func", "verbose", "resume", "nproc", "recipe", *MODEL_OPTIONS)
+NOT_CONFIG = ("command", "func", "verbose", "resume", "nproc", "recipe", "no_report", *MODEL_OPTIONS)
 
 
 def _launch_torchrun(nproc: int) -> int:
@@ -204,14 +206,16 @@ def main(args: argparse.Namespace) -> int:
     if model_kwargs:
         options["model_kwargs"] = model_kwargs
     progress = sys.stderr.isatty()
+    command = shlex.join(["resnetkit", *sys.argv[1:]])  # recorded in the run's report
     if args.resume:
         # every flag given goes to resume, so one that a resume cannot change is refused, not ignored
         given = {k: v for k, v in options.items() if v is not None}
         if args.recipe is not None:
             given["recipe"] = args.recipe
-        result = api.resume(args.resume, progress=progress, **given)
+        result = api.resume(args.resume, progress=progress, report=not args.no_report, command=command, **given)
     else:
-        result = api.train(recipe=args.recipe, progress=progress, **options)
+        result = api.train(recipe=args.recipe, progress=progress, report=not args.no_report, command=command,
+                           **options)
     if int(os.environ.get("RANK", "0")) == 0:
         t = result.test
         print(f"resnetkit train: {result.config['model']} on {result.config['data']}: test top-1 {t['top1']:.2%}, "

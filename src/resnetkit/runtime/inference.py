@@ -39,17 +39,21 @@ def evaluate(
     precision: str,
     tta: bool = False,
     reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    keep_logits: list[torch.Tensor] | None = None,
 ) -> dict:
     """Loss, top-1, top-5, per-class accuracy (NaN for a class with no images) and the confusion matrix.
 
     ``reduce`` sums a flat tensor across processes (distributed evaluation); every image is
-    counted exactly once because the eval loader shards without padding.
+    counted exactly once because the eval loader shards without padding. ``keep_logits``, when
+    given, receives each batch's fp32 logits on the CPU, in loader order (``eval``'s worst errors).
     """
     was_training = model.training
     model.eval()
     acc = MetricAccumulator(num_classes)
     for x, y in loader:
         logits = predict_logits(model, x, device, precision, tta)
+        if keep_logits is not None:
+            keep_logits.append(logits.cpu())
         acc.update(logits, y, F.cross_entropy(logits, y, reduction="sum"))
     if reduce is not None:
         acc.all_reduce(reduce, device)
