@@ -276,11 +276,13 @@ def versions() -> dict[str, str]:
 
 def build_payload(model: nn.Module, optimizer: torch.optim.Optimizer, *, model_name: str, config: dict,
                   progress: dict[str, Any], rng: dict, classes: list[str], mean: tuple, std: tuple,
-                  image_size: int, in_channels: int, data_fingerprint: str, world_size: int) -> dict:
+                  image_size: int, in_channels: int, data_fingerprint: str, world_size: int,
+                  ema: dict | None = None) -> dict:
     """The checkpoint dict (format 1): loadable with ``weights_only=True``, enough to resume exactly.
 
     ``progress`` holds ``epoch``, ``step_in_epoch``, ``global_step``, ``epoch_done``, ``best`` and
     ``history``; ``rng`` every global RNG state (:func:`resnetkit.runtime.device.rng_state`).
+    ``ema`` (runs with ``--ema``): :meth:`resnetkit.training.ema.ModelEma.state_dict`, key ``ema``.
     """
     net = unwrap(model)
     return {
@@ -306,4 +308,5 @@ def build_payload(model: nn.Module, optimizer: torch.optim.Optimizer, *, model_n
         "data_fingerprint": data_fingerprint,
         "world_size": world_size,
         "versions": versions(),
+        **({"ema": ema} if ema is not None else {}),
     }
