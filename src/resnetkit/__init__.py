@@ -6,9 +6,10 @@
     metrics = resnetkit.evaluate("runs/demo/best.pt")
 """
 
-from .api import evaluate, load_checkpoint, resume, train
+from .api import evaluate, load_checkpoint, lr_find, resume, train  # (shadow the subpackage/module names)
 from .errors import UserError
 from .models import create_model, list_models
 from .version import __version__
 
-__all__ = ["UserError", "create_model", "list_models", "train", "resume", "evaluate", "load_checkpoint", "__version__"]
+__all__ = ["UserError", "create_model", "list_models", "train", "resume", "evaluate", "load_checkpoint", "lr_find",
+           "__version__"]

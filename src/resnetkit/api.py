@@ -26,6 +26,8 @@ from .data.prepare import prepare_data
 from .errors import UserError
 from .export import ExportResult, export_checkpoint
 from .io import write_json
+from .lr_find import LrFindResult
+from .lr_find import lr_find as _lr_find
 from .models import model_info
 from .plots import plot_confusion
 from .predict import Prediction, draw_grid, expand_inputs, predict, predict_paths
@@ -35,14 +37,15 @@ from .runtime.loaders import eval_loader
 from .study.degradation import run_degradation as study_degradation
 from .study.gradients import run_gradients as study_gradients
 from .training.config import Recipe, TrainConfig, list_recipes, resolve_config
-from .training.trainer import RESUME_OVERRIDABLE, RunResult, fit
+from .training.resume import RESUME_OVERRIDABLE
+from .training.trainer import RunResult, fit
 from .version import __version__
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "RESUME_OVERRIDABLE", "ExportResult", "Prediction", "Recipe", "RunResult", "__version__", "bench_throughput",
-    "bench_time_to_accuracy", "draw_grid", "evaluate", "export", "list_recipes", "load_checkpoint",
+    "bench_time_to_accuracy", "lr_find", "draw_grid", "evaluate", "export", "list_recipes", "load_checkpoint",
     "machine_info", "model_summary", "model_table", "predict", "predict_files", "resume", "save_json",
     "study_degradation", "study_gradients", "train",
 ]
@@ -185,3 +188,8 @@ def save_json(path: str | Path, obj: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, obj)
     return path
+
+
+def lr_find(model: str | nn.Module = "resnet20", data: str = "synthetic", **options: Any) -> LrFindResult:
+    """The learning-rate range test (see :func:`resnetkit.lr_find.lr_find`); writes no run directory."""
+    return _lr_find(model, data, **options)

@@ -27,6 +27,7 @@ COMMANDS = {
     "export": "export",
     "bench": "bench",
     "study": "study",
+    "lr-find": "lr_find",
 }
 
 

@@ -12,7 +12,7 @@ Each training batch is mixed with itself reversed (image ``i`` with image ``n-1-
 A batch is mixed with probability ``prob``; when both are on, cutmix is chosen with probability
 ``switch_prob`` (timm's ``mix_prob`` and ``switch_prob``). Every random number of epoch ``e``
 (apply?, switch?, both ``lam`` draws and the box centre, for each batch) comes from a generator
-seeded with a hash of ``(seed, "mix", e)`` and is drawn before the epoch starts, in a fixed order
+seeded with a hash of ``(seed, "mix", e)`` (each ``lam`` from its own such stream) and is drawn before the epoch starts, in a fixed order
 and whatever the settings, exactly as the loader draws its crops and flips: a batch's mixing
 depends only on ``(seed, epoch, batch index)``, so a run resumed mid-epoch mixes the same way.
 The box is stored as fractions of the image, so it fits any size under progressive resizing.
@@ -63,12 +63,17 @@ class MixPlan:
 
 def plan_epoch(cfg: MixConfig, seed: int, epoch: int, num_batches: int) -> MixPlan:
     """Draw every random number of ``epoch``'s mixing (``num_batches`` batches) up front."""
-    rng = np.random.Generator(np.random.PCG64(_derived_seed(seed, "mix", epoch)))
+    def stream(name: str) -> np.random.Generator:
+        return np.random.Generator(np.random.PCG64(_derived_seed(seed, name, epoch)))
+
+    rng = stream("mix")
     apply = rng.random(num_batches) < cfg.prob
     switch = rng.random(num_batches) < cfg.switch_prob
-    lam_mix = rng.beta(cfg.mixup, cfg.mixup, num_batches) if cfg.mixup > 0 else np.ones(num_batches)
-    lam_cut = rng.beta(cfg.cutmix, cfg.cutmix, num_batches) if cfg.cutmix > 0 else np.ones(num_batches)
     cy, cx = rng.random(num_batches), rng.random(num_batches)
+    # Beta sampling consumes a varying amount of randomness: each kind draws from its own stream,
+    # so turning one on or off, or changing its alpha, leaves every other draw unchanged
+    lam_mix = stream("mixup").beta(cfg.mixup, cfg.mixup, num_batches) if cfg.mixup > 0 else np.ones(num_batches)
+    lam_cut = stream("cutmix").beta(cfg.cutmix, cfg.cutmix, num_batches) if cfg.cutmix > 0 else np.ones(num_batches)
     if cfg.mixup > 0 and cfg.cutmix > 0:
         use_cut = switch
     else:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import UserError
+from .loggers import check_installed
 
 
 @dataclass
@@ -195,5 +196,6 @@ def validate(cfg: TrainConfig) -> None:
     unknown = [name for name in cfg.log if name not in LOGGERS]
     if unknown:
         raise UserError(f"--log takes any of {', '.join(LOGGERS)} (comma-separated), got {', '.join(unknown)}")
+    check_installed([*cfg.log, *(["tensorboard"] if cfg.tensorboard else [])])
     if cfg.backbone_lr_mult < 0:
         raise UserError(f"--backbone-lr-mult must be >= 0, got {cfg.backbone_lr_mult}")

@@ -19,8 +19,8 @@ from ..checkpoint import CheckpointError, build_payload, load_model_weights, unw
 from ..data.augment import AugmentConfig
 from ..data.dataset import ImageData
 from ..data.loader import DeviceLoader
-from ..data.prepare import prepare_data
 from ..data.mix import MixConfig, Mixer
+from ..data.prepare import prepare_data
 from ..errors import UserError
 from ..models import create_model
 from ..runtime.device import (

@@ -26,7 +26,7 @@ from . import rundir
 from .config import TrainConfig, validate
 from .distributed import DistContext, debug_dump, global_epoch_stats, init_from_env, shutdown
 from .loop import StepState, check_weights_finite, train_epoch
-from .resume import RESUME_OVERRIDABLE, resume_changes
+from .resume import resume_changes
 from .schedule import apply_lr, lr_factor
 from .setup import Setup, build
 
