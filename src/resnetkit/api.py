@@ -77,28 +77,30 @@ def resume(run_dir: str | Path, *, progress: bool = False, **overrides: Any) -> 
 
 
 # ---------------------------------------------------------------------------------- checkpoints
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", weights: str = "auto") -> nn.Module:
     """Rebuild the model saved in a resnetkit checkpoint (or exported .safetensors), in eval mode.
 
     The model carries ``classes``, ``mean``, ``std`` and ``image_size`` from training, and
     ``model.predict(images)`` (PIL images, paths, or uint8/float tensors).
     """
-    model = load_model(path, device)
+    model = load_model(path, device, weights)
     model.predict = functools.partial(predict, model)
     return model
 
 
 def evaluate(checkpoint: str | Path, data: str | None = None, *, tta: bool = False,
              device: str = "auto", batch_size: int = 256, precision: str = "auto",
-             out: str | Path | None = None, progress: bool = False) -> dict:
+             out: str | Path | None = None, progress: bool = False, weights: str = "auto") -> dict:
     """Top-1/top-5/loss/per-class accuracy and the confusion matrix on a dataset's test split.
 
+    ``weights``: ``auto`` uses a checkpoint's EMA weights when it has them (``metrics["weights"]``
+    says which), ``raw`` or ``ema`` choose.
     ``data`` defaults to the data the checkpoint was trained on. No training augmentation is
     applied. A class with no test images has accuracy NaN (``null`` in JSON). With ``out`` the
     metrics go to ``metrics.json`` and ``confusion.png`` there.
     """
     dev = resolve_device(device)
-    model = load_checkpoint(checkpoint, dev)
+    model = load_checkpoint(checkpoint, dev, weights)
     cfg = TrainConfig.from_dict(model.checkpoint_meta["config"])
     source = data or cfg.data
     ds = prepare_data(source, dataset=cfg.dataset if data is None else None, image_size=model.image_size,
@@ -110,7 +112,8 @@ def evaluate(checkpoint: str | Path, data: str | None = None, *, tta: bool = Fal
     loader = eval_loader(ds.test_images, ds.test_labels, device=dev, precision=prec, mean=model.mean,
                          std=model.std, batch_size=batch_size)
     metrics = evaluate_loader(model, loader, len(model.classes), device=dev, precision=prec, tta=tta)
-    metrics.update(classes=list(model.classes), checkpoint=str(checkpoint), data=str(source), tta=tta)
+    metrics.update(classes=list(model.classes), checkpoint=str(checkpoint), data=str(source), tta=tta,
+                   weights=model.weights)
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -120,7 +123,7 @@ def evaluate(checkpoint: str | Path, data: str | None = None, *, tta: bool = Fal
 
 
 def predict_files(checkpoint: str | Path, inputs: Sequence[str | Path], *, top_k: int = 5, tta: bool = False,
-                  batch_size: int = 256, device: str = "auto"
+                  batch_size: int = 256, device: str = "auto", weights: str = "auto"
                   ) -> tuple[list[Prediction], list[tuple[str, str]], nn.Module]:
     """Classify files, folders (recursively) and glob patterns with a checkpoint.
 
@@ -130,7 +133,7 @@ def predict_files(checkpoint: str | Path, inputs: Sequence[str | Path], *, top_k
     if top_k < 1 or batch_size < 1:
         raise UserError("--top-k and --batch-size must be at least 1")
     paths = expand_inputs(inputs)
-    model = load_checkpoint(checkpoint, resolve_device(device))
+    model = load_checkpoint(checkpoint, resolve_device(device), weights)
     preds, failures = predict_paths(model, paths, top_k=top_k, tta=tta, batch_size=batch_size)
     return preds, failures, model
 

@@ -222,13 +222,33 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.T
     return meta, meta["model"]
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+WEIGHTS = ("auto", "raw", "ema")
+
+
+def choose_weights(meta: dict[str, Any], state: dict[str, torch.Tensor], weights: str, path: str | Path
+                   ) -> tuple[str, dict[str, torch.Tensor]]:
+    """``("raw" | "ema", tensors)``: ``auto`` takes the EMA weights when the checkpoint has them,
+    unless its validation split preferred the raw ones (``best["weights"]``)."""
+    if weights not in WEIGHTS:
+        raise UserError(f"--weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
+    ema = meta.get("ema")
+    if weights == "ema" and ema is None:
+        raise CheckpointError(f"{path} holds no EMA weights (the run was trained without --ema); use --weights raw")
+    if weights == "raw" or ema is None:
+        return "raw", state
+    if weights == "auto" and (meta.get("best") or {}).get("weights") == "raw":
+        return "raw", state
+    return "ema", ema["weights"]
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu", weights: str = "auto") -> nn.Module:
     """Rebuild the model saved in ``path`` alone, in eval mode on ``device``.
 
-    The model carries ``classes``, ``mean``, ``std``, ``image_size`` and ``checkpoint_meta``
-    (everything but the tensors) from training.
+    The model carries ``classes``, ``mean``, ``std``, ``image_size``, ``weights`` (``"raw"`` or
+    ``"ema"``, see :func:`choose_weights`) and ``checkpoint_meta`` (everything but the tensors).
     """
     meta, state = read_checkpoint(path)
+    chosen, state = choose_weights(meta, state, weights, path)
     try:
         model = create_model(meta["model_name"], **meta["model_kwargs"])
     except UserError as e:
@@ -239,7 +259,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Modul
     model.mean = tuple(meta["mean"])
     model.std = tuple(meta["std"])
     model.image_size = int(meta["image_size"])
-    model.checkpoint_meta = {k: v for k, v in meta.items() if k not in ("model", "optimizer", "rng")}
+    model.checkpoint_meta = {k: v for k, v in meta.items() if k not in ("model", "optimizer", "rng", "ema")}
+    model.weights = chosen
     return model
 
 
