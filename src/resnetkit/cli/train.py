@@ -88,7 +88,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--tensorboard", action="store_true", default=None, help="also log to RUN_DIR/tb")
     r.add_argument("--log", type=_loggers, metavar="LIST",
                    help="also log to any of tensorboard,csv,mlflow (comma-separated); metrics.jsonl is always written")
-    r.add_argument("--mlflow-uri", help="MLflow tracking URI (default: a file store mlruns/ beside the run directory)")
+    r.add_argument("--mlflow-uri", help="MLflow tracking URI (default: mlflow.db and mlruns/ beside the run directory)")
     r.add_argument("--nproc", type=int, help="launch N local processes with torchrun (DDP)")
     p.set_defaults(func=main)
 

@@ -11,10 +11,13 @@ its x axis (a step's loss at ``step + 1``, the number of steps done; an epoch's 
   image and the hyper-parameters at the end.
 - CSV: ``metrics.csv``, one row per epoch, rewritten from the history at each epoch (so a resumed
   run holds exactly the checkpoint's rows plus the new ones).
-- MLflow: a file store ``mlruns/`` in the directory holding the run directory unless a tracking
-  URI is given; the run id and the last step logged are kept in ``RUN_DIR/mlflow.json``, so a
-  resume logs into the same run and skips rows already there. Params, epoch metrics, and at the
-  end the run directory's files (checkpoints included) as artifacts.
+- MLflow: unless a tracking URI is given, a local store in the directory holding the run
+  directory: ``mlflow.db`` (SQLite) for runs and metrics and ``mlruns/`` for artifacts. (MLflow 3
+  put the plain ``./mlruns`` file store into maintenance mode and refuses it unless an environment
+  variable opts back in; SQLite is the local store it recommends and MLflow 2.x reads too.) The
+  run id and the last step logged are kept in ``RUN_DIR/mlflow.json``, so a resume logs into the
+  same run and skips rows already there. Params, epoch metrics, and at the end the run directory's
+  files (checkpoints included) as artifacts.
 """
 
 from __future__ import annotations
@@ -114,13 +117,16 @@ class MlflowLogger:
 
         self.state_path = out / "mlflow.json"
         saved = json.loads(self.state_path.read_text()) if resuming and self.state_path.exists() else None
-        self.uri = uri or (saved or {}).get("tracking_uri") or (out.resolve().parent / "mlruns").as_uri()
+        root = out.resolve().parent
+        self.uri = uri or (saved or {}).get("tracking_uri") or f"sqlite:///{root / 'mlflow.db'}"
         self.client = MlflowClient(tracking_uri=self.uri)
         if saved is not None:
             self.run_id, self.logged = saved["run_id"], int(saved["logged_step"])
         else:
             exp = self.client.get_experiment_by_name("resnetkit")
-            exp_id = exp.experiment_id if exp is not None else self.client.create_experiment("resnetkit")
+            artifacts = None if uri else (root / "mlruns").as_uri()
+            exp_id = exp.experiment_id if exp is not None else self.client.create_experiment(
+                "resnetkit", artifact_location=artifacts)
             self.run_id = self.client.create_run(exp_id, run_name=out.name).info.run_id
             self.logged = 0
             for k, v in _flat_params(config).items():
