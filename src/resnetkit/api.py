@@ -138,9 +138,12 @@ def predict_files(checkpoint: str | Path, inputs: Sequence[str | Path], *, top_k
     return preds, failures, model
 
 
-def export(checkpoint: str | Path, fmt: str, out: str | Path | None = None) -> ExportResult:
-    """Export a checkpoint to ONNX, TorchScript or safetensors, verified against the eager model."""
-    return export_checkpoint(checkpoint, fmt, out)
+def export(checkpoint: str | Path, fmt: str, out: str | Path | None = None, weights: str = "auto") -> ExportResult:
+    """Export a checkpoint to ONNX, TorchScript or safetensors, verified against the eager model.
+
+    ``weights``: ``auto`` exports a checkpoint's EMA weights when it has them, ``raw`` or ``ema`` choose.
+    """
+    return export_checkpoint(checkpoint, fmt, out, weights)
 
 
 # ---------------------------------------------------------------------------------- models

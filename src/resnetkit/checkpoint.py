@@ -232,9 +232,14 @@ def choose_weights(meta: dict[str, Any], state: dict[str, torch.Tensor], weights
     if weights not in WEIGHTS:
         raise UserError(f"--weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
     ema = meta.get("ema")
-    if weights == "ema" and ema is None:
-        raise CheckpointError(f"{path} holds no EMA weights (the run was trained without --ema); use --weights raw")
-    if weights == "raw" or ema is None:
+    if ema is None:  # one set of weights; an export's metadata says which it was
+        held = "ema" if meta.get("weights") == "ema" else "raw"
+        if weights not in ("auto", held):
+            raise CheckpointError(f"{path} holds no EMA weights (the run was trained without --ema); use --weights raw"
+                                  if held == "raw" else f"{path} holds only EMA weights (it was exported with them); "
+                                  f"export the checkpoint with --weights raw for the others")
+        return held, state
+    if weights == "raw":
         return "raw", state
     if weights == "auto" and (meta.get("best") or {}).get("weights") == "raw":
         return "raw", state
@@ -279,6 +284,8 @@ def model_metadata(model: nn.Module) -> dict[str, Any]:
         "input_name": "input", "output_name": "logits",
         "preprocessing": "RGB, shorter side resized to image_size then centre-cropped; (x/255 - mean)/std",
     }
+    if getattr(model, "weights", None) is not None:
+        meta["weights"] = model.weights  # "raw" or "ema": which of a checkpoint's weights these are
     config = getattr(model, "checkpoint_meta", {}).get("config")
     if config is not None:
         meta["config"] = config

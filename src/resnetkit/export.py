@@ -62,6 +62,7 @@ class ExportResult:
     format: str
     max_abs_diff: float
     seconds: float
+    weights: str = "raw"  # "ema" when the checkpoint's weight average was exported
 
 
 def _require(module: str, what: str) -> Any:
@@ -220,11 +221,16 @@ def export_model(model: nn.Module, fmt: str, out: str | Path) -> ExportResult:
     seconds = time.perf_counter() - t0
     log.debug("wrote %s (%s, verified: max |diff| %.2e at batch sizes %s, %.1fs)", out, fmt, diff,
               "/".join(map(str, VERIFY_BATCHES)), seconds)
-    return ExportResult(out, fmt, diff, seconds)
+    return ExportResult(out, fmt, diff, seconds, getattr(model, "weights", "raw"))
 
 
-def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path | None = None) -> ExportResult:
-    """Export a resnetkit checkpoint; ``out`` defaults to the checkpoint's path with the format's suffix."""
+def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path | None = None,
+                      weights: str = "auto") -> ExportResult:
+    """Export a resnetkit checkpoint; ``out`` defaults to the checkpoint's path with the format's suffix.
+
+    ``weights`` as in :func:`resnetkit.checkpoint.choose_weights`: ``auto`` exports the EMA weights
+    when the checkpoint has them (``ExportResult.weights`` and the file's metadata say which).
+    """
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     for module in _NEEDS[fmt]:  # fail before the (slow) load when a package is missing
@@ -233,7 +239,7 @@ def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path | None =
     target = Path(out) if out is not None else checkpoint.with_suffix(FORMATS[fmt])
     if target.exists() and checkpoint.exists() and target.resolve() == checkpoint.resolve():
         raise ExportError(f"--out {target} is the checkpoint itself; choose another file name")
-    return export_model(load_model(checkpoint, "cpu"), fmt, target)
+    return export_model(load_model(checkpoint, "cpu", weights), fmt, target)
 
 
 def read_export_metadata(path: str | Path) -> dict[str, Any]:

@@ -19,11 +19,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", required=True, choices=["onnx", "torchscript", "safetensors"])
     p.add_argument("--out", help="output file (default: the checkpoint's path with .onnx, .torchscript or "
                                  ".safetensors)")
+    p.add_argument("--weights", choices=["auto", "raw", "ema"], default="auto",
+                   help="auto: the EMA weights when the checkpoint has them (trained with --ema)")
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
-    result = api.export(args.checkpoint, args.format, args.out)
-    print(f"wrote {result.path} ({result.format}; max |diff| vs eager {result.max_abs_diff:.2e} at batch sizes "
-          f"1 and 3; {result.seconds:.1f}s)")
+    result = api.export(args.checkpoint, args.format, args.out, weights=args.weights)
+    ema = "; EMA weights, --weights raw for the others" if result.weights == "ema" else ""
+    print(f"wrote {result.path} ({result.format}{ema}; max |diff| vs eager {result.max_abs_diff:.2e} at batch "
+          f"sizes 1 and 3; {result.seconds:.1f}s)")
     return 0
