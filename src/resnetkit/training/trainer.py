@@ -320,5 +320,5 @@ class Trainer:
         )
         if self.writer is not None:
             self.writer.finish(result)
-        debug_dump(self.dist, s.model, s.optimizer)
+        debug_dump(self.dist, s.model, s.optimizer, None if s.ema is None else s.ema.module)
         return result
