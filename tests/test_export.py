@@ -232,3 +232,29 @@ def test_export_command_errors(ckpt: Path, tmp_path: Path, capsys: pytest.Captur
         assert message in err and "Traceback" not in err
     with pytest.raises(ExportError, match="unknown export format 'tflite'"):
         export_checkpoint(ckpt, "tflite")
+
+
+def test_export_takes_the_ema_weights_by_default_and_says_so(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    raw_ckpt = make_checkpoint(tmp_path / "raw.pt", seed=1)
+    payload = torch.load(raw_ckpt, weights_only=True)
+    average = torch.load(make_checkpoint(tmp_path / "other.pt", seed=2), weights_only=True)["model"]
+    payload["ema"] = {"weights": average, "updates": 7, "decay": 0.999}
+    ckpt = tmp_path / "ema.pt"
+    torch.save(payload, ckpt)
+    out = tmp_path / "ema.safetensors"
+    assert main(["export", str(ckpt), "--format", "safetensors", "--out", str(out)]) == 0
+    assert "EMA weights, --weights raw for the others" in capsys.readouterr().out
+    back = resnetkit.load_checkpoint(out)
+    assert back.weights == "ema" and read_export_metadata(out)["weights"] == "ema"
+    assert all(torch.equal(v, average[k]) for k, v in back.state_dict().items())
+    assert not torch.equal(average["fc.weight"], payload["model"]["fc.weight"])
+
+    raw_out = tmp_path / "raw.safetensors"
+    assert main(["export", str(ckpt), "--format", "safetensors", "--out", str(raw_out), "--weights", "raw"]) == 0
+    assert "EMA" not in capsys.readouterr().out
+    raw = resnetkit.load_checkpoint(raw_out)
+    assert raw.weights == "raw" and all(torch.equal(v, payload["model"][k]) for k, v in raw.state_dict().items())
+    assert export_checkpoint(raw_ckpt, "safetensors", tmp_path / "plain.safetensors").weights == "raw"
+    assert main(["export", str(raw_ckpt), "--format", "safetensors", "--out", str(tmp_path / "x.safetensors"),
+                 "--weights", "ema"]) == 2
+    assert "holds no EMA weights" in capsys.readouterr().err

@@ -30,6 +30,8 @@ from .errors import UserError
 from .export import TOLERANCE, ExportResult, export_checkpoint, is_torchscript_export, load_export
 from .gradcam import Explanation, explain_images, write_explanations
 from .io import write_json, write_text
+from .lr_find import LrFindResult
+from .lr_find import lr_find as _lr_find
 from .models import model_info
 from .plots import plot_confusion
 from .predict import Prediction, draw_grid, expand_inputs, predict, predict_paths
@@ -43,7 +45,8 @@ from .runtime.probe import ProbeDecision, decide
 from .study.degradation import run_degradation as study_degradation
 from .study.gradients import run_gradients as study_gradients
 from .training.config import BATCH_FRACTION, Recipe, TrainConfig, list_recipes, resolve_config, resolve_recipe_defaults
-from .training.trainer import RESUME_OVERRIDABLE, RunResult, fit
+from .training.resume import RESUME_OVERRIDABLE
+from .training.trainer import RunResult, fit
 from .version import __version__
 
 log = logging.getLogger(__name__)
@@ -51,8 +54,8 @@ log = logging.getLogger(__name__)
 __all__ = [
     "BATCH_FRACTION", "RESUME_OVERRIDABLE", "ExportResult", "Prediction", "Recipe", "RunResult", "__version__",
     "bench_throughput", "bench_time_to_accuracy", "cpu_facts", "draw_grid", "evaluate", "explain", "export",
-    "format_class_table", "list_recipes", "load_checkpoint", "machine_info", "model_summary", "model_table",
-    "precision_probe", "predict", "predict_files", "recipe_defaults", "report", "resume", "save_json",
+    "format_class_table", "list_recipes", "load_checkpoint", "lr_find", "machine_info", "model_summary",
+    "model_table", "precision_probe", "predict", "predict_files", "recipe_defaults", "report", "resume", "save_json",
     "study_degradation", "study_gradients", "train",
 ]
 
@@ -129,7 +132,7 @@ def resume(run_dir: str | Path, *, progress: bool | None = None, report: bool = 
 
 
 # ---------------------------------------------------------------------------------- checkpoints
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", weights: str = "auto") -> nn.Module:
     """Rebuild the model saved in a resnetkit checkpoint (or exported .safetensors), in eval mode.
 
     The model carries ``classes``, ``mean``, ``std`` and ``image_size`` from training, and
@@ -139,7 +142,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> nn.
     if Path(path).suffix == ".onnx" or (Path(path).suffix != ".safetensors" and is_torchscript_export(path)):
         model: nn.Module = load_export(path, device)
     else:
-        model = load_model(path, device)
+        model = load_model(path, device, weights)
     model.predict = functools.partial(predict, model)
     return model
 
@@ -147,9 +150,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> nn.
 def evaluate(checkpoint: str | Path, data: str | None = None, *, tta: bool = False,
              device: str = "auto", batch_size: int = 256, precision: str = "auto",
              out: str | Path | None = None, overwrite: bool = False, progress: bool = False,
-             worst: int = 24) -> dict:
+             worst: int = 24, weights: str = "auto") -> dict:
     """Top-1/top-5/loss/per-class accuracy and the confusion matrix on a dataset's test split.
 
+    ``weights``: ``auto`` uses a checkpoint's EMA weights when it has them (``metrics["weights"]``
+    says which), ``raw`` or ``ema`` choose.
     ``data`` defaults to the data the checkpoint was trained on. No training augmentation is
     applied. A class with no test images has accuracy NaN (``null`` in JSON). With ``out`` the
     metrics go to ``metrics.json`` and ``confusion.png`` there; earlier ones are replaced only with
@@ -160,7 +165,7 @@ def evaluate(checkpoint: str | Path, data: str | None = None, *, tta: bool = Fal
     if out is not None:
         out = _check_eval_out(Path(out), overwrite)
     dev = resolve_device(device)
-    model = load_checkpoint(checkpoint, dev)
+    model = load_checkpoint(checkpoint, dev, weights)
     cfg = TrainConfig.from_dict(model.checkpoint_meta["config"])
     source = data or cfg.data
     # the training data is asked for as training asked (same cache entry: no second decode of an archive)
@@ -182,7 +187,8 @@ def evaluate(checkpoint: str | Path, data: str | None = None, *, tta: bool = Fal
                                      model.classes, out, worst))
     metrics.update(parameters=sum(p.numel() for p in model.parameters()), hardware=hardware(dev),
                    checkpoint_bytes=Path(checkpoint).stat().st_size)
-    metrics.update(classes=list(model.classes), checkpoint=str(checkpoint), data=str(source), tta=tta)
+    metrics.update(classes=list(model.classes), checkpoint=str(checkpoint), data=str(source), tta=tta,
+                   weights=model.weights)
     if out is not None:
         write_json(out / "metrics.json", metrics)
         try:
@@ -219,7 +225,7 @@ def _make_eval_out(out: Path) -> None:
 
 
 def predict_files(checkpoint: str | Path, inputs: Sequence[str | Path], *, top_k: int = 5, tta: bool = False,
-                  batch_size: int = 256, device: str = "auto"
+                  batch_size: int = 256, device: str = "auto", weights: str = "auto"
                   ) -> tuple[list[Prediction], list[tuple[str, str]], nn.Module]:
     """Classify files, folders (recursively) and glob patterns with a checkpoint.
 
@@ -229,19 +235,20 @@ def predict_files(checkpoint: str | Path, inputs: Sequence[str | Path], *, top_k
     if top_k < 1 or batch_size < 1:
         raise UserError("--top-k and --batch-size must be at least 1")
     paths = expand_inputs(inputs)
-    model = load_checkpoint(checkpoint, resolve_device(device))
+    model = load_checkpoint(checkpoint, resolve_device(device), weights)
     preds, failures = predict_paths(model, paths, top_k=top_k, tta=tta, batch_size=batch_size)
     return preds, failures, model
 
 
 def export(checkpoint: str | Path, fmt: str, out: str | Path | None = None, *, tolerance: float = TOLERANCE,
-           overwrite: bool = False) -> ExportResult:
+           overwrite: bool = False, weights: str = "auto") -> ExportResult:
     """Export a checkpoint to ONNX, TorchScript or safetensors, verified against the eager model.
 
     The export's logits must match within ``tolerance`` relative to their scale
     (:func:`resnetkit.export.relative_error`); an existing ``out`` is replaced only with ``overwrite``.
+    ``weights``: ``auto`` exports a checkpoint's EMA weights when it has them, ``raw`` or ``ema`` choose.
     """
-    return export_checkpoint(checkpoint, fmt, out, tolerance=tolerance, overwrite=overwrite)
+    return export_checkpoint(checkpoint, fmt, out, tolerance=tolerance, overwrite=overwrite, weights=weights)
 
 
 # ---------------------------------------------------------------------------------- models
@@ -352,3 +359,8 @@ def report(run_dirs: Sequence[str | Path], out: str | Path | None = None, *, cam
             write_explanations(explain_images(model, [ds.test_images[i] for i in firsts]), run / "explain")
     out = Path(out) if out is not None else (runs[0] / "report.html" if len(runs) == 1 else Path("report.html"))
     return render_report([load_run(r) for r in runs], out)
+
+
+def lr_find(model: str | nn.Module = "resnet20", data: str = "synthetic", **options: Any) -> LrFindResult:
+    """The learning-rate range test (see :func:`resnetkit.lr_find.lr_find`); writes no run directory."""
+    return _lr_find(model, data, **options)

@@ -222,13 +222,38 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.T
     return meta, meta["model"]
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+WEIGHTS = ("auto", "raw", "ema")
+
+
+def choose_weights(meta: dict[str, Any], state: dict[str, torch.Tensor], weights: str, path: str | Path
+                   ) -> tuple[str, dict[str, torch.Tensor]]:
+    """``("raw" | "ema", tensors)``: ``auto`` takes the EMA weights when the checkpoint has them,
+    unless its validation split preferred the raw ones (``best["weights"]``)."""
+    if weights not in WEIGHTS:
+        raise UserError(f"--weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
+    ema = meta.get("ema")
+    if ema is None:  # one set of weights; an export's metadata says which it was
+        held = "ema" if meta.get("weights") == "ema" else "raw"
+        if weights not in ("auto", held):
+            raise CheckpointError(f"{path} holds no EMA weights (the run was trained without --ema); use --weights raw"
+                                  if held == "raw" else f"{path} holds only EMA weights (it was exported with them); "
+                                  f"export the checkpoint with --weights raw for the others")
+        return held, state
+    if weights == "raw":
+        return "raw", state
+    if weights == "auto" and (meta.get("best") or {}).get("weights") == "raw":
+        return "raw", state
+    return "ema", ema["weights"]
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu", weights: str = "auto") -> nn.Module:
     """Rebuild the model saved in ``path`` alone, in eval mode on ``device``.
 
-    The model carries ``classes``, ``mean``, ``std``, ``image_size`` and ``checkpoint_meta``
-    (everything but the tensors) from training.
+    The model carries ``classes``, ``mean``, ``std``, ``image_size``, ``weights`` (``"raw"`` or
+    ``"ema"``, see :func:`choose_weights`) and ``checkpoint_meta`` (everything but the tensors).
     """
     meta, state = read_checkpoint(path)
+    chosen, state = choose_weights(meta, state, weights, path)
     try:
         model = create_model(meta["model_name"], **meta["model_kwargs"])
     except UserError as e:
@@ -239,7 +264,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Modul
     model.mean = tuple(meta["mean"])
     model.std = tuple(meta["std"])
     model.image_size = int(meta["image_size"])
-    model.checkpoint_meta = {k: v for k, v in meta.items() if k not in ("model", "optimizer", "rng")}
+    model.checkpoint_meta = {k: v for k, v in meta.items() if k not in ("model", "optimizer", "rng", "ema")}
+    model.weights = chosen
     return model
 
 
@@ -258,6 +284,8 @@ def model_metadata(model: nn.Module) -> dict[str, Any]:
         "input_name": "input", "output_name": "logits",
         "preprocessing": "RGB, shorter side resized to image_size then centre-cropped; (x/255 - mean)/std",
     }
+    if getattr(model, "weights", None) is not None:
+        meta["weights"] = model.weights  # "raw" or "ema": which of a checkpoint's weights these are
     config = getattr(model, "checkpoint_meta", {}).get("config")
     if config is not None:
         meta["config"] = config
@@ -276,11 +304,13 @@ def versions() -> dict[str, str]:
 
 def build_payload(model: nn.Module, optimizer: torch.optim.Optimizer, *, model_name: str, config: dict,
                   progress: dict[str, Any], rng: dict, classes: list[str], mean: tuple, std: tuple,
-                  image_size: int, in_channels: int, data_fingerprint: str, world_size: int) -> dict:
+                  image_size: int, in_channels: int, data_fingerprint: str, world_size: int,
+                  ema: dict | None = None) -> dict:
     """The checkpoint dict (format 1): loadable with ``weights_only=True``, enough to resume exactly.
 
     ``progress`` holds ``epoch``, ``step_in_epoch``, ``global_step``, ``epoch_done``, ``best`` and
     ``history``; ``rng`` every global RNG state (:func:`resnetkit.runtime.device.rng_state`).
+    ``ema`` (runs with ``--ema``): :meth:`resnetkit.training.ema.ModelEma.state_dict`, key ``ema``.
     """
     net = unwrap(model)
     return {
@@ -306,4 +336,5 @@ def build_payload(model: nn.Module, optimizer: torch.optim.Optimizer, *, model_n
         "data_fingerprint": data_fingerprint,
         "world_size": world_size,
         "versions": versions(),
+        **({"ema": ema} if ema is not None else {}),
     }

@@ -69,6 +69,7 @@ class ExportResult:
     seconds: float
     rel_diff: float = 0.0
     tolerance: float = TOLERANCE
+    weights: str = "raw"  # "ema" when the checkpoint's weight average was exported
 
 
 def _require(module: str, what: str) -> Any:
@@ -255,12 +256,16 @@ def export_model(model: nn.Module, fmt: str, out: str | Path, *, tolerance: floa
     seconds = time.perf_counter() - t0
     log.debug("wrote %s (%s, verified: max |diff| %.2e, relative %.2e at batch sizes %s, %.1fs)", out, fmt, diff,
               rel, "/".join(map(str, VERIFY_BATCHES)), seconds)
-    return ExportResult(out, fmt, diff, seconds, rel, tolerance)
+    return ExportResult(out, fmt, diff, seconds, rel, tolerance, getattr(model, "weights", "raw"))
 
 
 def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path | None = None, *,
-                      tolerance: float = TOLERANCE, overwrite: bool = False) -> ExportResult:
-    """Export a resnetkit checkpoint; ``out`` defaults to the checkpoint's path with the format's suffix."""
+                      tolerance: float = TOLERANCE, overwrite: bool = False, weights: str = "auto") -> ExportResult:
+    """Export a resnetkit checkpoint; ``out`` defaults to the checkpoint's path with the format's suffix.
+
+    ``weights`` as in :func:`resnetkit.checkpoint.choose_weights`: ``auto`` exports the EMA weights
+    when the checkpoint has them (``ExportResult.weights`` and the file's metadata say which).
+    """
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     for module in _NEEDS[fmt]:  # fail before the (slow) load when a package is missing
@@ -270,7 +275,7 @@ def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path | None =
     if target.exists() and checkpoint.exists() and target.resolve() == checkpoint.resolve():
         raise ExportError(f"the output {target} is the checkpoint itself; choose another file name")
     _check_target(target, overwrite)  # before the (slow) load
-    return export_model(load_model(checkpoint, "cpu"), fmt, target, tolerance=tolerance, overwrite=overwrite)
+    return export_model(load_model(checkpoint, "cpu", weights), fmt, target, tolerance=tolerance, overwrite=overwrite)
 
 
 def read_export_metadata(path: str | Path) -> dict[str, Any]:

@@ -89,9 +89,12 @@ def test_another_runs_directory_is_left_untouched(reference: dict, tmp_path: Pat
         f"{run} already holds a run; pass --resume {run} to continue it, --overwrite to replace it, or choose "
         f"another --out")
     assert one_error(capsys, ["train", "--resume", str(run), "--lr", "0.5"]) == (
-        "--resume takes its settings from the checkpoint; cannot change lr")
+        "cannot resume with settings that differ from the checkpoint's (--lr is 0.2 in the checkpoint but 0.5 was "
+        "given); drop those flags or start a new run")
     assert one_error(capsys, ["train", "--resume", str(run), "--model", "resnet56", "--data", "synthetic"]) == (
-        "--resume takes its settings from the checkpoint; cannot change data, model")
+        "cannot resume with settings that differ from the checkpoint's (--model is 'resnet20' in the checkpoint but "
+        "'resnet56' was given; --data is 'synthetic:256' in the checkpoint but 'synthetic' was given); drop those "
+        "flags or start a new run")
     assert snapshot(run) == before  # every byte and every timestamp
     gone = tmp_path / "gone"
     assert one_error(capsys, ["train", "--resume", str(gone)]) == f"checkpoint {gone} does not exist"

@@ -60,7 +60,8 @@ def test_resume_from_a_mid_epoch_checkpoint(reference: dict, tmp_path: Path, at:
 def test_stop_point_is_not_inherited_and_settings_cannot_change(reference: dict, tmp_path: Path) -> None:
     run = tmp_path / "run"
     shutil.copytree(reference["at25"], run)
-    with pytest.raises(UserError, match="cannot change batch_size, lr"):
+    with pytest.raises(UserError, match="--lr is 0.2 in the checkpoint but 0.5 was given; --batch-size is 32 in the "
+                                        "checkpoint but 64 was given"):
         resnetkit.resume(run, lr=0.5, batch_size=64)
     assert peek(run / "last.pt")["global_step"] == 25  # nothing was written by the refused call
     paused = resnetkit.resume(run, stop_after_steps=29)  # mid-epoch 4: no half-epoch row

@@ -31,6 +31,7 @@ COMMANDS = {
     "doctor": "doctor",
     "explain": "explain",
     "report": "report",
+    "lr-find": "lr_find",
 }
 
 

@@ -24,6 +24,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
                    help="auto (default): bf16 where it is faster than fp32, else fp32")
     p.add_argument("--batch-size", type=int, default=256, help="images per evaluation batch (default 256)")
+    p.add_argument("--weights", choices=["auto", "raw", "ema"], default="auto",
+                   help="auto (default): the EMA weights when the checkpoint has them (trained with --ema)")
     p.add_argument("--out", help="folder for metrics.json, confusion.png and worst_errors.png "
                                  "(default: CHECKPOINT_DIR/eval)")
     p.add_argument("--overwrite", action="store_true", help="replace the files of an earlier evaluation in --out")
@@ -35,10 +37,10 @@ def main(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "eval"
     m = api.evaluate(args.checkpoint, args.data, tta=args.tta, device=args.device, batch_size=args.batch_size,
                      precision=args.precision, out=out, overwrite=args.overwrite, progress=sys.stderr.isatty(),
-                     worst=args.worst)
+                     worst=args.worst, weights=args.weights)
     print("\n".join(api.format_class_table(m)))  # '-': undefined (no test images, or never predicted)
     print(f"top-1 {m['top1']:.2%}  top-5 {m['top5']:.2%}  loss {m['loss']:.4f}  images {m['count']}"
-          f"{'  (flip TTA)' if m['tta'] else ''}")
+          f"{'  (flip TTA)' if m['tta'] else ''}{'  (EMA weights, --weights raw for the others)' if m['weights'] == 'ema' else ''}")
     print(f"wrote {out / 'metrics.json'}, {out / 'confusion.png'} and {out / 'worst_errors.png'} "
           f"({len(m['worst_errors'])} most confidently wrong images)")
     return 0

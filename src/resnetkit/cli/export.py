@@ -24,11 +24,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tolerance", type=float, default=api.TOLERANCE,
                    help=f"largest relative difference from the eager model allowed (default {api.TOLERANCE:g})")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.add_argument("--weights", choices=["auto", "raw", "ema"], default="auto",
+                   help="auto (default): the EMA weights when the checkpoint has them (trained with --ema)")
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
-    result = api.export(args.checkpoint, args.format, args.out, tolerance=args.tolerance, overwrite=args.overwrite)
-    print(f"wrote {result.path} ({result.format}; vs eager: max |diff| {result.max_abs_diff:.2e}, relative "
+    result = api.export(args.checkpoint, args.format, args.out, tolerance=args.tolerance, overwrite=args.overwrite,
+                        weights=args.weights)
+    ema = "; EMA weights, --weights raw for the others" if result.weights == "ema" else ""
+    print(f"wrote {result.path} ({result.format}{ema}; vs eager: max |diff| {result.max_abs_diff:.2e}, relative "
           f"{result.rel_diff:.2e} <= {result.tolerance:g}, at batch sizes 1 and 3; {result.seconds:.1f}s)")
     return 0

@@ -26,6 +26,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--grid", metavar="OUT.png", help="also save a grid of the images with their labels")
     p.add_argument("--batch-size", type=int, default=256, help="images per batch (default 256)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--weights", choices=["auto", "raw", "ema"], default="auto",
+                   help="auto: the EMA weights when the checkpoint has them (trained with --ema)")
     p.set_defaults(func=main)
 
 
@@ -47,7 +49,11 @@ def _csv(preds: list, k: int) -> None:
 
 def main(args: argparse.Namespace) -> int:
     preds, failures, model = api.predict_files(args.checkpoint, args.inputs, top_k=args.top_k, tta=args.tta,
-                                               batch_size=args.batch_size, device=args.device)
+                                               batch_size=args.batch_size, device=args.device,
+                                               weights=args.weights)
+    if model.weights == "ema":
+        print(f"resnetkit predict: using the EMA weights of {args.checkpoint} (--weights raw for the others)",
+              file=sys.stderr)
     if args.format == "json":
         print(json.dumps({"predictions": [p.to_dict() for p in preds],
                           "failures": [{"path": f, "reason": r} for f, r in failures]}, indent=2))

@@ -128,6 +128,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     h.add_argument("--flip", choices=["random", "alternating", "none"], help="horizontal flip augmentation")
     h.add_argument("--cutout", type=int, help="cutout square size (0: off)")
     h.add_argument("--seed", type=int, help="seed of every random choice (weights, data order, augmentation)")
+    x = p.add_argument_group("weight averaging and mixing")
+    x.add_argument("--ema", type=float, metavar="DECAY",
+                   help="keep an exponential moving average of the weights with this decay (e.g. 0.999), "
+                        "warmed up as min(DECAY, (1+t)/(10+t)); evaluated beside the raw weights")
+    x.add_argument("--ema-every", type=int, metavar="N", help="update the average every N steps (default 1)")
+    x.add_argument("--mixup", type=float, metavar="ALPHA", help="mixup with lam ~ Beta(ALPHA, ALPHA) (0: off)")
+    x.add_argument("--cutmix", type=float, metavar="ALPHA", help="cutmix with lam ~ Beta(ALPHA, ALPHA) (0: off)")
+    x.add_argument("--mix-prob", type=float, metavar="P", help="chance that a batch is mixed (default 1)")
+    x.add_argument("--mix-switch-prob", type=float, metavar="P",
+                   help="chance of cutmix rather than mixup when both are on (default 0.5)")
     m = p.add_argument_group("model options")
     m.add_argument("--zero-init-residual", action="store_true", default=None,
                    help="start each residual branch's last BatchNorm at zero (Goyal et al. 2017)")
@@ -155,9 +165,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--log-steps", action="store_true", default=None, help="write every step's loss to steps.jsonl")
     r.add_argument("--sync-bn", action="store_true", default=None, help="SyncBatchNorm across processes")
     r.add_argument("--tensorboard", action="store_true", default=None, help="also log to RUN_DIR/tb")
+    r.add_argument("--log", type=_loggers, metavar="LIST",
+                   help="also log to any of tensorboard,csv,mlflow (comma-separated); metrics.jsonl is always written")
+    r.add_argument("--mlflow-uri", help="MLflow tracking URI (default: mlflow.db and mlruns/ beside the run directory)")
     r.add_argument("--nproc", type=int, help="launch N local processes with torchrun (DDP)")
     r.add_argument("--no-report", action="store_true", help="do not write RUN_DIR/report.html at the end")
     p.set_defaults(func=main)
+
+
+def _loggers(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 MODEL_OPTIONS = ("zero_init_residual", "drop_rate", "shortcut", "width_mult")

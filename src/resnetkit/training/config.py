@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import UserError
+from .loggers import check_installed
 
 
 @dataclass
@@ -60,8 +61,16 @@ class TrainConfig:
     freeze_backbone: bool = False
     backbone_lr_mult: float = 1.0
     sync_bn: bool = False
-    tensorboard: bool = False
+    tensorboard: bool = False  # the same as "tensorboard" in ``log``
     adapt_batch: bool = True  # cap the recipe's batch to small training sets (off once applied, or when given)
+    log: list[str] = field(default_factory=list)  # any of LOGGERS; metrics.jsonl is always written
+    mlflow_uri: str | None = None  # default: an SQLite store beside the run directory (see training/loggers.py)
+    ema: float = 0.0  # decay of the weight EMA per update (0: off), e.g. 0.999
+    ema_every: int = 1
+    mixup: float = 0.0  # Beta alpha (0: off), Zhang et al. 2018
+    cutmix: float = 0.0  # Beta alpha (0: off), Yun et al. 2019
+    mix_prob: float = 1.0
+    mix_switch_prob: float = 0.5
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -70,6 +79,9 @@ class TrainConfig:
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+LOGGERS = ("tensorboard", "csv", "mlflow")
 
 
 @dataclass(frozen=True)
@@ -211,5 +223,18 @@ def validate(cfg: TrainConfig) -> None:
         sizes = list(cfg.progressive_sizes)
         if not sizes or any(not isinstance(v, int) or v < 8 for v in sizes):
             raise UserError(f"<<progressive_sizes>> takes image sizes of at least 8 pixels, got {sizes}")
+    if not (cfg.ema == 0 or 0 < cfg.ema < 1):
+        raise UserError(f"<<ema>> takes a decay between 0 and 1 (e.g. 0.999), got {cfg.ema}")
+    if not isinstance(cfg.ema_every, int) or cfg.ema_every < 1:
+        raise UserError(f"<<ema_every>> takes a positive number of steps, got {cfg.ema_every}")
+    if cfg.mixup < 0 or cfg.cutmix < 0:
+        raise UserError(f"<<mixup>> and <<cutmix>> take a non-negative alpha, got {cfg.mixup} and {cfg.cutmix}")
+    if not 0 <= cfg.mix_prob <= 1 or not 0 <= cfg.mix_switch_prob <= 1:
+        raise UserError(f"<<mix_prob>> and <<mix_switch_prob>> must be in [0, 1], got {cfg.mix_prob} and "
+                        f"{cfg.mix_switch_prob}")
+    unknown = [name for name in cfg.log if name not in LOGGERS]
+    if unknown:
+        raise UserError(f"<<log>> takes any of {', '.join(LOGGERS)} (comma-separated), got {', '.join(unknown)}")
+    check_installed([*cfg.log, *(["tensorboard"] if cfg.tensorboard else [])])
     if cfg.backbone_lr_mult < 0:
         raise UserError(f"<<backbone_lr_mult>> must be >= 0, got {cfg.backbone_lr_mult}")

@@ -180,14 +180,18 @@ def global_epoch_stats(ctx: DistContext, stats: EpochStats, device: torch.device
     return EpochStats(loss_sum / n, round(correct) / n, int(images), stats.seconds, list(stats.step_losses))
 
 
-def debug_dump(ctx: DistContext, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-    """Test-only: with ``RESNETKIT_DEBUG_DUMP_DIR`` set, save this rank's final state there."""
+def debug_dump(ctx: DistContext, model: nn.Module, optimizer: torch.optim.Optimizer,
+               ema: nn.Module | None = None) -> None:
+    """Test-only: with ``RESNETKIT_DEBUG_DUMP_DIR`` set, save this rank's final state (and EMA model) there."""
     where = os.environ.get(DUMP_ENV)
     if not where:
         return
     path = Path(where) / f"rank{ctx.rank}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict()}, path)
+    state = {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict()}
+    if ema is not None:
+        state["ema"] = ema.state_dict()
+    torch.save(state, path)
     log.debug("rank %d saved its final state to %s (%s is set)", ctx.rank, path, DUMP_ENV)
 
 

@@ -18,6 +18,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..runtime.device import autocast, synchronize
+from .losses import mixed_targets, soft_target_cross_entropy
 
 
 class NonFiniteLossError(UserError):
@@ -61,6 +62,9 @@ def train_epoch(
     record_steps: bool = False,
     reduce_loss: Callable[[torch.Tensor], torch.Tensor] | None = None,
     check_every: int | None = None,
+    mixer: Callable[[torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, torch.Tensor, float]] | None = None,
+    num_classes: int | None = None,
+    after_update: Callable[[int], None] | None = None,
 ) -> EpochStats:
     """Train over ``loader`` from ``state.step_in_epoch``; ``after_step`` returning True stops early.
 
@@ -71,6 +75,11 @@ def train_epoch(
     ``set_lr(global_step)`` sets the learning rate before each step. ``max_steps`` caps the
     global step count (tests and smoke runs). ``reduce_loss`` turns a step's loss into the value
     that ``record_steps`` records (distributed runs: the mean over ranks).
+
+    ``mixer(x, y, batch_index)`` (mixup/cutmix) returns mixed images, partner labels and the
+    weight ``lam`` of ``y``; the loss is then the soft-target cross entropy and the accuracy is
+    counted against the dominant label (``y`` when ``lam >= 0.5``, else the partner's).
+    ``after_update(global_step)`` runs right after each optimizer step (the weight EMA).
     """
     model.train()
     _keep_frozen_norms_in_eval(model)
@@ -86,12 +95,21 @@ def train_epoch(
         if max_steps is not None and state.global_step >= max_steps:
             break
         set_lr(state.global_step)
+        lam, y_b = 1.0, y
+        if mixer is not None:
+            x, y_b, lam = mixer(x, y, state.step_in_epoch)
         with autocast(device, precision):
             logits = model(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+            if lam == 1.0:
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+            else:
+                assert num_classes is not None, "mixing needs num_classes"
+                loss = soft_target_cross_entropy(logits, mixed_targets(y, y_b, lam, num_classes, label_smoothing))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if after_update is not None:
+            after_update(state.global_step + 1)
         detached = loss.detach()
         window.append(detached)
         if len(window) >= check_every:
@@ -99,7 +117,7 @@ def train_epoch(
             window.clear()
         n = y.shape[0]
         loss_sum += detached.double() * n
-        correct += (logits.detach().argmax(1) == y).sum()
+        correct += (logits.detach().argmax(1) == (y if lam >= 0.5 else y_b)).sum()
         seen += n
         if record_steps:  # under DDP the mean over ranks: the loss on the global batch
             step_losses.append(float(reduce_loss(detached) if reduce_loss is not None else detached))

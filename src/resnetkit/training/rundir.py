@@ -21,6 +21,7 @@ from ..checkpoint import atomic_save, versions
 from ..errors import UserError
 from ..plots import plot_curves
 from .config import TrainConfig
+from .loggers import Loggers
 from .setup import Setup
 
 log = logging.getLogger(__name__)
@@ -58,13 +59,17 @@ def prepare(cfg: TrainConfig, resuming: bool) -> Path:
     return out
 
 
+def logger_names(cfg: TrainConfig) -> list[str]:
+    """The optional loggers of ``cfg`` (``--tensorboard`` is ``--log tensorboard``)."""
+    return list(dict.fromkeys([*cfg.log, *(["tensorboard"] if cfg.tensorboard else [])]))
+
+
 class RunWriter:
     """Writes a run's files (rank 0 only)."""
 
     def __init__(self, out: Path, cfg: TrainConfig, setup: Setup, ckpt: dict | None) -> None:
         self.out = out
         self.cfg = cfg
-        self.tb = None
         config = {"config": cfg.to_dict(), "versions": versions(), "device": str(setup.device),
                   "precision": setup.precision, "channels_last": setup.channels_last,
                   "world_size": setup.dist.world_size, "classes": setup.data.classes,
@@ -78,13 +83,9 @@ class RunWriter:
         if cfg.log_steps:
             steps = self._read_lines(out / "steps.jsonl") if ckpt else []
             self._rewrite_lines(out / "steps.jsonl", [r for r in steps if r["step"] < (ckpt or {}).get("global_step", 0)])
-        if cfg.tensorboard:
-            try:  # deferred: tensorboard is optional and slow to import
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(out / "tb"))
-            except ImportError:
-                log.warning("TensorBoard logging asked for but tensorboard is not installed; skipping it")
+        self.history = list(history)
+        self.loggers = Loggers(logger_names(cfg), out, cfg.to_dict(), ckpt["global_step"] if ckpt else None,
+                               cfg.mlflow_uri)
 
     @staticmethod
     def _read_lines(path: Path) -> list[dict]:
@@ -119,6 +120,7 @@ class RunWriter:
     def log_steps(self, losses: list[float], first_step: int) -> None:
         if self.cfg.log_steps:
             self._append("steps.jsonl", [{"step": first_step + i, "loss": v} for i, v in enumerate(losses)])
+        self.loggers.steps(losses, first_step)
 
     def end_epoch(self, row: dict) -> None:
         self._append("metrics.jsonl", [row])
@@ -129,10 +131,8 @@ class RunWriter:
             parts.append(f"test {row['test_acc']:.2%}")
         parts += [f"lr {row['lr']:.4g}", f"{row['images_per_s']:.0f} img/s", f"{row['seconds']:.1f}s"]
         log.info(" | ".join(parts))
-        if self.tb is not None:
-            for k, v in row.items():
-                if k != "epoch" and isinstance(v, (int, float)):
-                    self.tb.add_scalar(k, v, row["epoch"])
+        self.history.append(row)
+        self.loggers.epoch(row, self.history)
         try:
             plot_curves(self._read_lines(self.out / "metrics.jsonl"), self.out / "curves.png")
         except Exception as e:  # a plotting problem must never stop training
@@ -151,8 +151,8 @@ class RunWriter:
                    "compile_seconds": result.compile_seconds, "wall_seconds": result.wall_seconds,
                    "epochs": len(result.history)}
         io.write_json(self.out / "result.json", summary)
-        if self.tb is not None:
-            self.tb.close()
+        step = self.history[-1]["step"] if self.history else 0
+        self.loggers.finish(result.test_ema or result.test, list(result.classes), step)
 
 
 class _EpochBar:

@@ -19,6 +19,7 @@ from ..checkpoint import CheckpointError, build_payload, load_model_weights, unw
 from ..data.augment import AugmentConfig
 from ..data.dataset import ImageData
 from ..data.loader import DeviceLoader
+from ..data.mix import MixConfig, Mixer
 from ..data.prepare import prepare_data
 from ..errors import UserError
 from ..models import create_model
@@ -35,6 +36,7 @@ from ..runtime.loaders import batch_dtype, eval_loader
 from ..runtime.probe import resolve_precision_layout
 from .config import TrainConfig, adapted_batch
 from .distributed import DistContext
+from .ema import ModelEma
 from .loop import StepState, train_epoch
 from .optim import build_sgd
 from .pretrained import apply_pretrained
@@ -59,6 +61,8 @@ class Setup:
     std: tuple[float, float, float]
     prep_seconds: float
     warmup_seconds: float = 0.0
+    ema: ModelEma | None = None
+    mixer: Mixer | None = None
 
     def payload(self, state: StepState, history: list[dict], best: dict, epoch_done: bool) -> dict:
         """The checkpoint dict (:func:`resnetkit.checkpoint.build_payload`) of this run at ``state``."""
@@ -68,7 +72,8 @@ class Setup:
                              progress=progress, rng=rng_state(), classes=self.data.classes, mean=self.mean,
                              std=self.std, image_size=self.data.image_size,
                              in_channels=int(self.data.train_images.shape[1]),
-                             data_fingerprint=self.data.fingerprint, world_size=self.dist.world_size)
+                             data_fingerprint=self.data.fingerprint, world_size=self.dist.world_size,
+                             ema=self.ema.state_dict() if self.ema is not None else None)
 
 
 def _load_data(cfg: TrainConfig, dist: DistContext, progress: bool) -> tuple[ImageData, float]:
@@ -146,6 +151,13 @@ def build(cfg: TrainConfig, ckpt: dict | None, dist: DistContext, data: ImageDat
         except (ValueError, KeyError) as e:
             raise CheckpointError(f"the checkpoint's optimizer state does not fit this run ({e})") from None
         set_rng_state(ckpt["rng"])
+    ema = ModelEma(model, cfg.ema, cfg.ema_every) if cfg.ema else None
+    if ema is not None and ckpt is not None:
+        if "ema" not in ckpt:
+            raise CheckpointError("this run asks for --ema but its checkpoint holds no EMA weights")
+        ema.load_state_dict(ckpt["ema"])
+    mix = MixConfig(cfg.mixup, cfg.cutmix, cfg.mix_prob, cfg.mix_switch_prob)
+    mixer = Mixer(mix, cfg.seed) if mix.enabled else None
     if cfg.sync_bn and dist.enabled:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     net: nn.Module = model
@@ -163,7 +175,7 @@ def build(cfg: TrainConfig, ckpt: dict | None, dist: DistContext, data: ImageDat
     val_loader = eval_loader(vx, vy, batch_size=eval_bs, precision=precision, **common) if vx is not None else None
     test_loader = eval_loader(data.test_images, data.test_labels, batch_size=eval_bs, precision=precision, **common)
     s = Setup(cfg, dist, device, precision, channels_last, data, net, optimizer, train_loader, val_loader,
-              test_loader, mean, std, prep_seconds)
+              test_loader, mean, std, prep_seconds, ema=ema, mixer=mixer)
     if cfg.compile:
         s.warmup_seconds = _warm_up_compiled(s)
     log.info("device %s, precision %s, channels_last %s, %d train / %d test images, %d classes",

@@ -28,13 +28,12 @@ from . import rundir
 from .config import TrainConfig, validate
 from .distributed import DistContext, debug_dump, global_epoch_stats, init_from_env, shutdown
 from .loop import NonFiniteLossError, StepState, check_weights_finite, train_epoch
+from .resume import resume_changes
 from .schedule import apply_lr, lr_factor
 from .setup import Setup, build
 
 log = logging.getLogger(__name__)
 
-RESUME_OVERRIDABLE = ("epochs", "device", "max_steps", "stop_after_steps", "log_steps", "checkpoint_every",
-                      "eval_every")
 
 
 class TrainingInterrupted(UserError):
@@ -65,6 +64,7 @@ class RunResult:
     eval_seconds: float = 0.0  # the final test evaluation
     precision: str = ""  # as resolved (``auto`` made concrete)
     channels_last: bool = False
+    test_ema: dict | None = None  # the EMA weights' test metrics (runs with --ema)
 
     @property
     def test_top1(self) -> float:
@@ -86,15 +86,12 @@ def progressive_size(sizes: list[int] | None, epoch: int, total_epochs: int) -> 
 def resume_config(run: str | Path, overrides: dict | None) -> tuple[TrainConfig, dict]:
     """The configuration and checkpoint to continue ``run`` (a run directory or its ``last.pt``).
 
-    The configuration comes from the checkpoint; ``overrides`` may change only the keys in
-    :data:`RESUME_OVERRIDABLE` (``None`` values are ignored).
+    The configuration comes from the checkpoint; ``overrides`` may change the keys in
+    :data:`RESUME_OVERRIDABLE`, others must equal the saved values (``None`` values are ignored).
     """
     last = Path(run) / "last.pt" if Path(run).is_dir() else Path(run)
     ckpt = peek(last)
-    extra = {k: v for k, v in (overrides or {}).items() if v is not None}
-    bad = sorted(set(extra) - set(RESUME_OVERRIDABLE))
-    if bad:
-        raise UserError(f"--resume takes its settings from the checkpoint; cannot change {', '.join(bad)}")
+    extra = resume_changes(ckpt["config"], dict(overrides or {}), last.parent)
     # a stop point is where the earlier part ended, never inherited by the continuation
     cfg = TrainConfig.from_dict({**ckpt["config"], "stop_after_steps": None, **extra})
     cfg.out = str(last.parent)
@@ -201,7 +198,8 @@ class Trainer:
         self.stop_at = cfg.stop_after_steps  # like a signal at that step: the schedule stays the full run's
         self.steps_logged = 0  # this epoch's step losses already in steps.jsonl
         self.compile_seconds = 0.0
-        self.tested: tuple[int, dict, float] | None = None  # (global step, metrics, seconds) of the last test pass
+        # (global step, metrics, seconds, EMA metrics or None) of the last test pass
+        self.tested: tuple[int, dict, float, dict | None] | None = None
         self.signal: str | None = None  # the name of a SIGTERM/SIGINT received
         self.vote = dist_ctx.stop_vote()  # under DDP every rank stops after the same step
         self.bar: Any = None
@@ -228,10 +226,18 @@ class Trainer:
         if best:
             self.writer.save_best(payload)
 
-    def evaluate(self, loader) -> dict:
+    def after_update(self, global_step: int) -> None:
+        """Right after each optimizer step: update the weight EMA when one is due."""
+        s = self.setup
+        if s.ema is not None and s.ema.due(global_step):
+            s.dist.sync_buffers(s.model)  # every rank averages rank 0's BatchNorm statistics
+            s.ema.update(unwrap(s.model))
+
+    def evaluate(self, loader, model=None) -> dict:
+        """Metrics of the model (or ``model``, e.g. the EMA weights) on ``loader``."""
         s = self.setup
         s.dist.sync_buffers(s.model)  # evaluate rank 0's BatchNorm statistics: the checkpoint's
-        return evaluate(s.model, loader, s.data.num_classes, device=s.device, precision=s.precision,
+        return evaluate(model if model is not None else s.model, loader, s.data.num_classes, device=s.device, precision=s.precision,
                         tta=self.cfg.tta, reduce=s.dist.all_reduce_sum if s.dist.enabled else None)
 
     def after_step(self, st: StepState, probe) -> bool:
@@ -267,13 +273,17 @@ class Trainer:
         s.train_loader.set_size(progressive_size(cfg.progressive_sizes, state.epoch, self.total_epochs))
         s.train_loader.skip_to(state.step_in_epoch)
         self.steps_logged = 0
+        if s.mixer is not None:
+            s.mixer.set_epoch(state.epoch, self.steps_per_epoch)
         use_bar = self.writer is not None and self.progress
         self.bar = self.writer.progress_bar(state, self.steps_per_epoch, s.train_loader) if use_bar else None
         stats = train_epoch(
             s.model, self.bar if self.bar is not None else s.train_loader, s.optimizer, state,
             device=s.device, precision=s.precision, label_smoothing=cfg.label_smoothing,
-            set_lr=self.set_lr, after_step=self.after_step, record_steps=cfg.log_steps,
+            set_lr=self.set_lr, after_step=self.after_step,
+            record_steps=cfg.log_steps or bool(rundir.logger_names(cfg)),
             reduce_loss=self.dist.all_reduce_mean if self.dist.enabled else None,
+            mixer=s.mixer, num_classes=s.data.num_classes, after_update=self.after_update,
         )
         if self.bar is not None:
             self.bar.close()
@@ -294,13 +304,25 @@ class Trainer:
         if s.val_loader is not None:
             v = self.evaluate(s.val_loader)
             row.update(val_loss=v["loss"], val_acc=v["top1"])
-            if self.best["value"] is None or v["top1"] > self.best["value"]:
-                self.best.update(value=v["top1"], epoch=state.epoch + 1)
+            top, weights = v["top1"], "raw"
+            if s.ema is not None:
+                ve = self.evaluate(s.val_loader, s.ema.module)
+                row.update(ema_val_loss=ve["loss"], ema_val_acc=ve["top1"])
+                if ve["top1"] >= top:  # the validation split picks the raw or the EMA weights
+                    top, weights = ve["top1"], "ema"
+            if self.best["value"] is None or top > self.best["value"]:
+                self.best.update(value=top, epoch=state.epoch + 1, weights=weights)
+        elif s.ema is not None:
+            self.best["weights"] = "ema"  # no validation split: the average, as usual
         if last_epoch or (cfg.eval_every and (state.epoch + 1) % cfg.eval_every == 0):
             e0 = time.perf_counter()
             t = self.evaluate(s.test_loader)
-            self.tested = (state.global_step, t, time.perf_counter() - e0)
+            self.tested = (state.global_step, t, time.perf_counter() - e0, None)
             row.update(test_loss=t["loss"], test_acc=t["top1"], test_top5=t["top5"])
+            if s.ema is not None:
+                te = self.evaluate(s.test_loader, s.ema.module)
+                self.tested = (state.global_step, t, self.tested[2], te)
+                row.update(ema_test_loss=te["loss"], ema_test_acc=te["top1"], ema_test_top5=te["top5"])
         self.history.append(row)
         if self.writer is not None:
             rest = stats.step_losses[self.steps_logged:]  # the ones no mid-epoch checkpoint wrote
@@ -345,16 +367,20 @@ class Trainer:
         # the last epoch's test pass already saw these weights unless training went on after it
         if self.tested is None or self.tested[0] != state.global_step:
             e0 = time.perf_counter()
-            self.tested = (state.global_step, self.evaluate(s.test_loader), time.perf_counter() - e0)
-        final, eval_seconds = self.tested[1], self.tested[2]
+            t = self.evaluate(s.test_loader)
+            seconds = time.perf_counter() - e0
+            self.tested = (state.global_step, t, seconds,
+                           self.evaluate(s.test_loader, s.ema.module) if s.ema is not None else None)
+        final, eval_seconds, final_ema = self.tested[1], self.tested[2], self.tested[3]
         train_seconds = sum(r["seconds"] for r in self.history) - self.compile_seconds
         result = RunResult(
             out_dir=Path(self.cfg.out) if self.cfg.out else None, history=self.history, test=final,
             prep_seconds=s.prep_seconds, train_seconds=train_seconds, compile_seconds=self.compile_seconds,
             wall_seconds=time.perf_counter() - wall0, config=self.cfg.to_dict(), classes=s.data.classes,
             eval_seconds=eval_seconds, precision=s.precision, channels_last=s.channels_last,
+            test_ema=final_ema,
         )
         if self.writer is not None:
             self.writer.finish(result)
-        debug_dump(self.dist, s.model, s.optimizer)
+        debug_dump(self.dist, s.model, s.optimizer, None if s.ema is None else s.ema.module)
         return result
