@@ -6,9 +6,9 @@
     metrics = resnetkit.evaluate("runs/demo/best.pt")
 """
 
-from .api import evaluate, load_checkpoint, resume, train
+from .api import evaluate, load_checkpoint, resume, train, train_on_ray
 from .errors import UserError
 from .models import create_model, list_models
 from .version import __version__
 
-__all__ = ["UserError", "create_model", "list_models", "train", "resume", "evaluate", "load_checkpoint", "__version__"]
+__all__ = ["UserError", "create_model", "list_models", "train", "resume", "train_on_ray", "evaluate", "load_checkpoint", "__version__"]

@@ -34,7 +34,9 @@ from .runtime.inference import evaluate as evaluate_loader
 from .runtime.loaders import eval_loader
 from .study.degradation import run_degradation as study_degradation
 from .study.gradients import run_gradients as study_gradients
+from .training import ray_train
 from .training.config import Recipe, TrainConfig, list_recipes, resolve_config
+from .training.ray_train import RayRunResult
 from .training.trainer import RESUME_OVERRIDABLE, RunResult, fit
 from .version import __version__
 
@@ -44,23 +46,39 @@ __all__ = [
     "RESUME_OVERRIDABLE", "ExportResult", "Prediction", "Recipe", "RunResult", "__version__", "bench_throughput",
     "bench_time_to_accuracy", "draw_grid", "evaluate", "export", "list_recipes", "load_checkpoint",
     "machine_info", "model_summary", "model_table", "predict", "predict_files", "resume", "save_json",
-    "study_degradation", "study_gradients", "train",
+    "study_degradation", "study_gradients", "train", "train_on_ray",
 ]
 
 
 # ---------------------------------------------------------------------------------- training
 def train(model: str | None = None, data: str | None = None, recipe: str | None = None, *,
-          progress: bool = False, **options: Any) -> RunResult:
+          progress: bool = False, auto_resume: bool = False, **options: Any) -> RunResult:
     """Train a model and return its :class:`~resnetkit.training.trainer.RunResult`.
 
     Example: ``resnetkit.train("resnet20", "synthetic", epochs=2, out="runs/demo")``. Options are
     :class:`~resnetkit.training.config.TrainConfig` fields; ``None`` values keep the recipe's.
-    To continue a run, use :func:`resume`.
+    To continue a run, use :func:`resume`; with ``auto_resume`` (and always after torchrun
+    restarted the workers) a run already in ``out`` with the same settings continues from its
+    ``last.pt``, and otherwise starts there.
     """
     if "resume" in options:
         raise UserError("train() starts a new run; continue one with resnetkit.resume(run_dir)")
     cfg = resolve_config(recipe, model=model, data=data, **options)
-    return fit(cfg, progress=progress)
+    return fit(cfg, progress=progress, auto_resume=auto_resume)
+
+
+def train_on_ray(model: str | None = None, data: str | None = None, recipe: str | None = None, *,
+                 num_workers: int = 2, use_gpu: bool = False, max_failures: int = 1,
+                 storage_path: str | Path | None = None, name: str = "resnetkit", **options: Any) -> RayRunResult:
+    """Train with Ray Train's ``TorchTrainer`` on ``num_workers`` workers (``pip install "resnetkit[ray]"``).
+
+    Options are those of :func:`train`. Ray restarts the workers up to ``max_failures`` times
+    after a failure, from the last reported checkpoint; see
+    :func:`resnetkit.training.ray_train.train_on_ray`.
+    """
+    cfg = resolve_config(recipe, model=model, data=data, **options)
+    return ray_train.train_on_ray(cfg, num_workers=num_workers, use_gpu=use_gpu, max_failures=max_failures,
+                                  storage_path=storage_path, name=name)
 
 
 def resume(run_dir: str | Path, *, progress: bool = False, **overrides: Any) -> RunResult:

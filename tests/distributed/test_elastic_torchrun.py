@@ -15,7 +15,14 @@ from pathlib import Path
 
 import pytest
 from ddp_helpers import (
-    EPOCHS, STEPS_PER_EPOCH, Reference, assert_same_state, free_port, load_dumps, processes_with_marker, rank_env,
+    EPOCHS,
+    STEPS_PER_EPOCH,
+    Reference,
+    assert_same_state,
+    free_port,
+    load_dumps,
+    processes_with_marker,
+    rank_env,
     wait_until_gone,
 )
 

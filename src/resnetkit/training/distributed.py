@@ -248,9 +248,11 @@ def init_from_env(device_name: str | None, timeout_s: float | None = None) -> tu
     if use_cuda:
         device_name = _cuda_device(device_name, rank, local_rank, keep_explicit=adopted)
     if not adopted:
+        store = _store_after_restart(world, timeout)
+        where = {"store": store, "rank": rank, "world_size": world} if store is not None else {}
         try:
             dist.init_process_group(backend="nccl" if use_cuda else "gloo",
-                                    timeout=datetime.timedelta(seconds=timeout))
+                                    timeout=datetime.timedelta(seconds=timeout), **where)
         except ValueError as e:  # env:// without MASTER_ADDR / MASTER_PORT
             raise UserError(f"cannot join the process group ({e}); start distributed runs with torchrun") from None
     control = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=max(timeout, CONTROL_TIMEOUT_S)))
@@ -259,6 +261,26 @@ def init_from_env(device_name: str | None, timeout_s: float | None = None) -> tu
     if not use_cuda and auto:
         device_name = "cpu"
     return DistContext(rank, local_rank, world, control, owns_group=not adopted), device_name
+
+
+def _store_after_restart(world: int, timeout: float) -> Any:
+    """In a worker group that torchrun restarted, a namespace of the store for this attempt alone.
+
+    The restarted workers reach the same agent store (``MASTER_ADDR:MASTER_PORT``) as the
+    failed group, whose process-group keys are still there; gloo then dials the dead workers'
+    addresses and fails ("connectFullMesh ... Connection refused", seen with torch 2.14 under
+    ``--max-restarts``). Keys under a prefix of the restart count and the world size avoid them.
+    ``None``: a first start, or a store torchrun does not serve (plain ``env://`` then).
+    """
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "")
+    if not restart.isdigit() or int(restart) == 0 or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    try:
+        store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False,
+                              timeout=datetime.timedelta(seconds=timeout))
+    except (KeyError, ValueError) as e:
+        raise UserError(f"cannot reach torchrun's store after a restart ({e}); start distributed runs with torchrun") from None
+    return dist.PrefixStore(f"resnetkit/restart{restart}/world{world}", store)
 
 
 def _cuda_device(device_name: str | None, rank: int, local_rank: int, keep_explicit: bool) -> str:

@@ -9,10 +9,11 @@ current step and stop; resuming continues bit for bit.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,23 +91,96 @@ def resume_config(run: str | Path, overrides: dict | None) -> tuple[TrainConfig,
     return cfg, ckpt
 
 
+def resume_position(ckpt: dict, global_batch: int) -> int:
+    """The step in the epoch to resume at: the checkpoint's place in the epoch's global order.
+
+    The loader serves step k of an epoch from positions ``[k*G, (k+1)*G)`` of the epoch's
+    shuffled order for any number of processes (G the global batch), so the place is a number of
+    images; checkpoints written before it was stored give ``step_in_epoch``.
+    """
+    images = ckpt.get("images_in_epoch")
+    if images is None:
+        return int(ckpt["step_in_epoch"])
+    saved = int(ckpt.get("global_batch", global_batch))
+    if saved != global_batch or images % global_batch:
+        raise UserError(f"the checkpoint was written with a global batch of {saved} images and cannot continue "
+                        f"with {global_batch}")
+    return images // global_batch
+
+
+#: Set by torchrun for each worker group it starts: 0 the first time, then 1, 2, ... after restarts.
+RESTART_ENV = "TORCHELASTIC_RESTART_COUNT"
+
+
+def restarted_by_torchrun() -> bool:
+    """Whether torchrun restarted this worker group after a failure (elastic ``--max-restarts``)."""
+    raw = os.environ.get(RESTART_ENV, "")
+    return raw.isdigit() and int(raw) > 0
+
+
+def continue_in_out(cfg: TrainConfig) -> tuple[TrainConfig, dict | None]:
+    """Continue the run in ``cfg.out`` from its ``last.pt`` if it has one, else start it there.
+
+    Used after an elastic restart and with ``--auto-resume`` (a requeued job): the run directory
+    says where the run stands. A ``last.pt`` written with other settings is refused; settings a
+    resume may change (:data:`RESUME_OVERRIDABLE`) come from ``cfg``. With no ``last.pt`` there
+    is nothing to keep (it is saved before any other run file that a finished epoch writes), so
+    the run starts anew over what an earlier try left.
+    """
+    if not cfg.out:
+        raise UserError("--auto-resume needs --out: the run directory to continue or start")
+    last = Path(cfg.out) / "last.pt"
+    if not last.is_file():
+        cfg.overwrite = True
+        return cfg, None
+    validate(cfg)
+    resumed, ckpt = resume_config(last, {k: getattr(cfg, k) for k in RESUME_OVERRIDABLE})
+    mine, saved = cfg.to_dict(), TrainConfig.from_dict(ckpt["config"]).to_dict()
+    free = (*RESUME_OVERRIDABLE, "out", "overwrite")
+    differ = [k for k in mine if k not in free and mine[k] != saved.get(k)]
+    if differ:
+        raise UserError(f"{cfg.out} holds a run with other settings ({', '.join(differ[:3])}); continue it with "
+                        f"--resume {cfg.out} or choose another --out")
+    return resumed, ckpt
+
+
 def fit(cfg: TrainConfig | None = None, *, resume: str | Path | None = None,
         resume_overrides: dict | None = None, progress: bool = False,
-        data: ImageData | None = None) -> RunResult:
-    """Train ``cfg``, or continue the run in directory ``resume`` from its ``last.pt``."""
+        data: ImageData | None = None, auto_resume: bool = False) -> RunResult:
+    """Train ``cfg``, or continue the run in directory ``resume`` from its ``last.pt``.
+
+    With ``auto_resume`` (and always in a worker group that torchrun restarted) a run already in
+    ``cfg.out`` continues from its ``last.pt`` (:func:`continue_in_out`).
+    """
     wall0 = time.perf_counter()
     ckpt = None
     if resume is not None:
         cfg, ckpt = resume_config(resume, resume_overrides)
     elif cfg is None:
         raise UserError("nothing to train: give a configuration or a run directory to resume")
+    elif auto_resume or (restarted_by_torchrun() and cfg.out):
+        cfg, ckpt = continue_in_out(cfg)
+    elif restarted_by_torchrun():
+        log.warning("torchrun restarted this run, which has no --out to continue from: it starts anew")
+    return train_in_group(cfg, ckpt, progress=progress, data=data, wall0=wall0)
+
+
+def train_in_group(cfg: TrainConfig, ckpt: dict | None, *, progress: bool = False, data: ImageData | None = None,
+                   on_save: Callable[[Trainer], None] | None = None, wall0: float | None = None) -> RunResult:
+    """Join (or adopt) the process group and run a :class:`Trainer` from ``ckpt`` (``None``: a new run).
+
+    ``on_save(trainer)`` runs on every process after each checkpoint save (the Ray adapter
+    reports there).
+    """
     validate(cfg)
     dist_ctx, device_name = init_from_env(cfg.device)
     cfg.device = device_name or cfg.device
     try:
-        return Trainer(cfg, ckpt, dist_ctx, progress, data).run(wall0)
+        trainer = Trainer(cfg, ckpt, dist_ctx, progress, data)
+        trainer.on_save = on_save
+        return trainer.run(wall0)
     finally:
-        shutdown()
+        shutdown(dist_ctx)
 
 
 class Trainer:
@@ -129,12 +203,14 @@ class Trainer:
         self.best: dict[str, Any] = {"metric": "val_top1" if s.val_loader is not None else "last",
                                      "value": None, "epoch": None}
         if ckpt is not None:
-            self.state = StepState(ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"])
+            self.state = StepState(ckpt["epoch"], resume_position(ckpt, cfg.batch_size), ckpt["global_step"])
             if self.state.step_in_epoch >= len(s.train_loader):  # saved right at an epoch's last step
                 self.state.epoch, self.state.step_in_epoch = self.state.epoch + 1, 0
             self.history = list(ckpt.get("history", []))
             self.best = dict(ckpt.get("best", self.best))
-            log.info("resuming %s at epoch %d, step %d", cfg.out, self.state.epoch + 1, self.state.global_step)
+            log.info("resuming %s at epoch %d, step %d, on %d process(es) (saved by %d)", cfg.out,
+                     self.state.epoch + 1, self.state.global_step, dist_ctx.world_size, ckpt.get("world_size", 1))
+        self.resumed_from = self.state.global_step  # 0 for a new run
         self.steps_per_epoch = len(s.train_loader)
         self.total_epochs = int(-(-cfg.epochs // 1))
         self.total_steps = max(1, int(round(cfg.epochs * self.steps_per_epoch)))
@@ -148,6 +224,7 @@ class Trainer:
         self.signal: str | None = None  # the name of a SIGTERM/SIGINT received
         self.vote = dist_ctx.stop_vote()  # under DDP every rank stops after the same step
         self.bar: Any = None
+        self.on_save: Callable[[Trainer], None] | None = None  # called on every process after each save
 
     # ------------------------------------------------------------------ pieces
     def set_lr(self, step: int) -> float:
@@ -164,12 +241,13 @@ class Trainer:
 
         Every caller has checked the weights are finite on every rank (check_weights_finite).
         """
-        if self.writer is None:
-            return
-        payload = self.setup.payload(self.state, self.history, self.best, epoch_done)
-        self.writer.save_last(payload)
-        if best:
-            self.writer.save_best(payload)
+        if self.writer is not None:
+            payload = self.setup.payload(self.state, self.history, self.best, epoch_done)
+            self.writer.save_last(payload)
+            if best:
+                self.writer.save_best(payload)
+        if self.on_save is not None:
+            self.on_save(self)
 
     def evaluate(self, loader) -> dict:
         s = self.setup
