@@ -32,7 +32,7 @@ pytestmark = pytest.mark.slow
 
 EPOCHS = 2
 STOP = 5  # mid-way through the first epoch of 8 steps
-TOL = 1e-4  # step losses and weights, absolute: fp32 sums in another order over 16 steps (seen: < 2e-6)
+TOL = 1e-4  # step losses and weights, absolute: fp32 sums in another order over 16 steps
 GN_ARGS = ["--model", GN_MODEL, *TRAIN_ARGS[2:], "--epochs", str(EPOCHS)]
 OPTIONS = dict(model_kwargs={"width_mult": 0.25}, batch_size=32, precision="fp32", log_steps=True, epochs=EPOCHS)
 
