@@ -125,7 +125,8 @@ def train_on_ray(cfg: TrainConfig, *, num_workers: int = 2, use_gpu: bool = Fals
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"the Ray Train run failed after {max_failures} restart(s) at most: {first}") from None
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+        log.error("Ray Train run failed:\n%s", e)  # the workers' tracebacks, for the log
+        raise UserError(f"the Ray Train run failed after {max_failures} restart(s) at most: {lines[-1]}") from None
     where = Path(result.checkpoint.path) if result.checkpoint is not None else None
     return RayRunResult(dict(result.metrics or {}), where, Path(cfg.out))
