@@ -7,7 +7,10 @@ at the end. At every point where the trainer saves ``last.pt`` (each ``checkpoin
 and each epoch end) every worker calls ``ray.train.report`` with the same metrics, and rank 0
 attaches a copy of ``last.pt`` as the Ray checkpoint. After a worker failure Ray restarts the
 group (``FailureConfig(max_failures=...)``) and each worker resumes from the latest reported
-checkpoint, on any number of workers whose count divides the global batch.
+checkpoint, on any number of workers whose count divides the global batch. Ray registers a
+reported checkpoint only once its controller has collected every worker's report (it polls them
+every few seconds); a worker lost before that leaves Ray with no checkpoint, and the restarted
+group then continues from the run directory's ``last.pt`` (rank 0 saves it before reporting it).
 
 Ray is optional (``pip install "resnetkit[ray]"``); it is imported only when a run starts.
 Reference: Ray Train's ``TorchTrainer``, ``ray.train.report`` and ``ray.train.get_checkpoint``
@@ -24,8 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from . import rundir
 from .config import TrainConfig
-from .trainer import Trainer, resume_config, train_in_group
+from .trainer import Trainer, continue_in_out, resume_config, train_in_group
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +78,21 @@ def report_to_ray(trainer: Trainer) -> None:
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
+def start_point(cfg: TrainConfig, ray_last: Path | None) -> tuple[TrainConfig, dict | None]:
+    """Where a Ray worker group starts: the configuration to train and the checkpoint to continue.
+
+    ``ray_last`` is the ``last.pt`` of Ray's latest checkpoint (``None``: Ray has none). Without
+    one, a run already in ``cfg.out`` (written by an earlier try of this Ray run, whose failure
+    came before Ray registered any checkpoint) continues from its ``last.pt``, and otherwise the
+    run starts there; :func:`train_on_ray` refuses an ``out`` that held another run beforehand.
+    """
+    if ray_last is None:
+        return continue_in_out(cfg)
+    resumed, ckpt = resume_config(ray_last, {k: getattr(cfg, k) for k in RAY_OVERRIDES})
+    resumed.out = cfg.out  # the run directory stays the one this Ray run writes
+    return resumed, ckpt
+
+
 def _worker_loop(loop_config: dict) -> None:
     """What each Ray worker runs: resume from Ray's latest checkpoint if any, then train."""
     ray = _ray()
@@ -82,14 +101,29 @@ def _worker_loop(loop_config: dict) -> None:
     cfg.device = str(device) if device.type == "cuda" else "cpu"
     saved = ray.train.get_checkpoint()
     if saved is None:
-        train_in_group(cfg, None, on_save=report_to_ray)
+        cfg, ckpt = start_point(cfg, None)
+    else:
+        with saved.as_directory() as where:
+            cfg, ckpt = start_point(cfg, Path(where) / CHECKPOINT_FILE)
+    if ckpt is not None:
+        log.info("resuming the Ray run from %s at step %d", "Ray's checkpoint" if saved else cfg.out,
+                 ckpt["global_step"])
+    train_in_group(cfg, ckpt, on_save=report_to_ray)
+
+
+def _claim_out(cfg: TrainConfig) -> None:
+    """Refuse an ``out`` that holds another run (unless ``overwrite``), before any worker starts.
+
+    Workers continue a ``last.pt`` they find there (see :func:`start_point`), so with
+    ``overwrite`` the old one goes now.
+    """
+    out = Path(cfg.out)
+    if not any((out / f).exists() for f in rundir.RUN_FILES):
         return
-    with saved.as_directory() as where:
-        overrides = {k: getattr(cfg, k) for k in RAY_OVERRIDES}
-        resumed, ckpt = resume_config(Path(where) / CHECKPOINT_FILE, overrides)
-    resumed.out = cfg.out  # the run directory stays the one this Ray run writes
-    log.info("Ray restarted this worker group: resuming from the checkpoint of step %d", ckpt["global_step"])
-    train_in_group(resumed, ckpt, on_save=report_to_ray)
+    if not cfg.overwrite:
+        raise UserError(f"{out} already holds a run; pass overwrite=True to replace it or choose another out")
+    log.info("overwrite: removing %s", out / CHECKPOINT_FILE)
+    (out / CHECKPOINT_FILE).unlink(missing_ok=True)
 
 
 def train_on_ray(cfg: TrainConfig, *, num_workers: int = 2, use_gpu: bool = False, max_failures: int = 1,
@@ -110,6 +144,7 @@ def train_on_ray(cfg: TrainConfig, *, num_workers: int = 2, use_gpu: bool = Fals
                         f"{num_workers} workers; choose a number of workers that divides it")
     storage = Path(storage_path or Path.home() / "ray_results").expanduser().resolve()
     cfg.out = str(Path(cfg.out).resolve()) if cfg.out else str(storage / name / "run")
+    _claim_out(cfg)
     trainer = ray.train.torch.TorchTrainer(
         _worker_loop,
         train_loop_config={"config": cfg.to_dict()},
