@@ -49,17 +49,33 @@ def _ray_workers(marker: str) -> list[int]:
     return found
 
 
-def _kill_one_worker_after(last: Path, step: int, marker: str, killed: dict, seconds: float = 300) -> None:
+def _ray_checkpoint_step(experiment: Path) -> int:
+    """The newest step among the checkpoints Ray registered in ``experiment`` (-1: none yet).
+
+    Ray's controller writes ``checkpoint_manager_snapshot.json`` when it registers a checkpoint,
+    that is once every worker's report reached it.
+    """
+    if not (experiment / "checkpoint_manager_snapshot.json").is_file():
+        return -1
+    steps = [-1]
+    for last in experiment.glob("checkpoint_*/last.pt"):
+        try:
+            steps.append(int(peek(last)["global_step"]))
+        except Exception:  # being written or deleted
+            continue
+    return max(steps)
+
+
+def _kill_one_worker_after_ray_checkpoint(experiment: Path, last: Path, marker: str, killed: dict,
+                                          seconds: float = 300) -> None:
+    """SIGKILL one Ray Train worker as soon as Ray holds a checkpoint; record the steps then."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        try:
-            held = int(peek(last)["global_step"])
-        except Exception:  # not written yet
-            held = -1
+        ray_step = _ray_checkpoint_step(experiment)
         workers = _ray_workers(marker)
-        if held >= step and workers:
-            killed.update(step=held, pid=max(workers))
+        if ray_step >= 0 and workers:
             os.kill(max(workers), signal.SIGKILL)
+            killed.update(ray_step=ray_step, step=int(peek(last)["global_step"]), pid=max(workers))
             return
         time.sleep(0.02)
 
@@ -69,15 +85,16 @@ def test_ray_workers_survive_a_killed_worker_and_leave_a_checkpoint_eval_loads(
     marker = uuid.uuid4().hex
     for k, v in rank_env(tmp_path, marker=marker).items():  # inherited by the local cluster's workers
         monkeypatch.setenv(k, v)
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")  # Ray polls workers' reports (default 2 s)
     out = tmp_path / "run"
     cfg = resolve_config(model="resnet20", data="synthetic:261", model_kwargs={"width_mult": 0.25}, batch_size=32,
                          precision="fp32", log_steps=True, epochs=EPOCHS, checkpoint_every=CHECKPOINT_EVERY,
                          out=str(out))
     killed: dict = {}
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True)  # workers' logs in the test's output
     try:
-        watcher = threading.Thread(target=_kill_one_worker_after,
-                                   args=(out / "last.pt", CHECKPOINT_EVERY, marker, killed), daemon=True)
+        watcher = threading.Thread(target=_kill_one_worker_after_ray_checkpoint,
+                                   args=(tmp_path / "ray" / "t", out / "last.pt", marker, killed), daemon=True)
         watcher.start()
         result = train_on_ray(cfg, num_workers=2, max_failures=1, storage_path=tmp_path / "ray", name="t")
         watcher.join(timeout=5)
@@ -87,7 +104,8 @@ def test_ray_workers_survive_a_killed_worker_and_leave_a_checkpoint_eval_loads(
     assert killed and killed["step"] < total, "no worker was killed mid-run"
     m = result.metrics
     assert m["global_step"] == total and m["world_size"] == 2
-    assert CHECKPOINT_EVERY <= m["resumed_from"] <= killed["step"]  # resumed from a reported checkpoint
+    # resumed from Ray's latest checkpoint: the one it held at the kill, or a later one
+    assert CHECKPOINT_EVERY <= killed["ray_step"] <= m["resumed_from"] <= killed["step"], killed
     ref_rows = [json.loads(line) for line in (ddp_reference.out / "metrics.jsonl").read_text().splitlines()]
     assert m["train_loss"] == ref_rows[-1]["train_loss"]  # the last epoch's row, reported with it
     # Ray's gloo group computes what torchrun's does: the reference's weights, bit for bit
