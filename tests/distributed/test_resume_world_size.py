@@ -5,8 +5,9 @@ number of processes computes the same function of the same global batch, and onl
 floating-point sums differs (DDP's gradient all-reduce, the loss mean over ranks). The reference
 is one uninterrupted process; every resumed run's per-step losses and final weights must stay
 within :data:`TOL` of it. With BatchNorm the per-process batch statistics change with the
-number of processes (docs/elastic.md); the same-count resume is bit for bit (test_ddp_resume,
-test_elastic_torchrun).
+number of processes (docs/elastic.md). The same-count resume (2 -> 2, stopped mid-run) is checked
+bit for bit, which is stronger than this file's tolerance, by test_ddp_resume and
+test_elastic_torchrun, so it is not launched again here.
 """
 
 from __future__ import annotations
@@ -63,20 +64,17 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     _one_process(out=str(tmp / "reference"))
     _two_processes([*GN_ARGS, "--stop-after-steps", str(STOP), "--out", str(tmp / "two")], tmp)
     shutil.copytree(tmp / "two", tmp / "two-to-one")
-    shutil.copytree(tmp / "two", tmp / "two-to-two")
     _one_process(out=str(tmp / "one"), stop_after_steps=STOP)
     shutil.copytree(tmp / "one", tmp / "one-to-two")
-    for name in ("two-to-one", "two-to-two", "one-to-two"):
+    for name in ("two-to-one", "one-to-two"):
         assert peek(tmp / name / "last.pt")["global_step"] == STOP
     _one_process(resume=tmp / "two-to-one")
-    _two_processes(["--resume", str(tmp / "two-to-two")], tmp)
     _two_processes(["--resume", str(tmp / "one-to-two")], tmp)
     return tmp
 
 
-@pytest.mark.parametrize("name, written_by", [("two-to-one", 2), ("two-to-two", 2), ("one-to-two", 1)])
-def test_a_run_resumed_on_another_process_count_tracks_the_reference(runs: Path, name: str,
-                                                                     written_by: int) -> None:
+@pytest.mark.parametrize("name", ["two-to-one", "one-to-two"])
+def test_a_run_resumed_on_another_process_count_tracks_the_reference(runs: Path, name: str) -> None:
     ref, got = _steps(runs / "reference"), _steps(runs / name)
     assert len(got) == len(ref) == EPOCHS * STEPS_PER_EPOCH
     worst = max(abs(a - b) for a, b in zip(got, ref))
