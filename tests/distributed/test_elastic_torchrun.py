@@ -21,25 +21,14 @@ from ddp_helpers import (
     assert_same_state,
     free_port,
     load_dumps,
-    processes_with_marker,
     rank_env,
+    rank_pid,
     wait_until_gone,
 )
 
 from resnetkit.checkpoint import peek
 
 pytestmark = pytest.mark.slow
-
-
-def _rank_pid(marker: str, rank: int) -> int:
-    for pid in processes_with_marker(marker):
-        try:
-            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if f"RANK={rank}".encode() in env:
-            return pid
-    raise AssertionError(f"no process of rank {rank} found")
 
 
 def _wait_for_step(last: Path, proc: subprocess.Popen, step: int, seconds: float) -> int:
@@ -69,7 +58,7 @@ def test_a_killed_worker_is_restarted_by_torchrun_and_the_run_ends_as_if_uninter
         proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
         try:
             killed_after = _wait_for_step(out / "last.pt", proc, 2, seconds=240)
-            os.kill(_rank_pid(marker, 1), signal.SIGKILL)
+            os.kill(rank_pid(marker, 1), signal.SIGKILL)
             rc = proc.wait(timeout=300)
         finally:
             if proc.poll() is None:
