@@ -8,10 +8,10 @@
     resnetkit.report(["runs/demo"])
 """
 
-from .api import evaluate, explain, load_checkpoint, lr_find, report, resume, train
+from .api import evaluate, explain, load_checkpoint, lr_find, report, resume, train, train_on_ray
 from .errors import UserError
 from .models import create_model, list_models
 from .version import __version__
 
-__all__ = ["UserError", "create_model", "list_models", "train", "resume", "evaluate", "load_checkpoint", "explain",
-           "report", "lr_find", "__version__"]
+__all__ = ["UserError", "create_model", "list_models", "train", "resume", "train_on_ray", "evaluate",
+           "load_checkpoint", "explain", "report", "lr_find", "__version__"]

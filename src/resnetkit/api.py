@@ -44,7 +44,9 @@ from .runtime.loaders import eval_loader
 from .runtime.probe import ProbeDecision, decide
 from .study.degradation import run_degradation as study_degradation
 from .study.gradients import run_gradients as study_gradients
+from .training import ray_train
 from .training.config import BATCH_FRACTION, Recipe, TrainConfig, list_recipes, resolve_config, resolve_recipe_defaults
+from .training.ray_train import RayRunResult
 from .training.resume import RESUME_OVERRIDABLE
 from .training.trainer import RunResult, fit
 from .version import __version__
@@ -56,7 +58,7 @@ __all__ = [
     "bench_throughput", "bench_time_to_accuracy", "cpu_facts", "draw_grid", "evaluate", "explain", "export",
     "format_class_table", "list_recipes", "load_checkpoint", "lr_find", "machine_info", "model_summary",
     "model_table", "precision_probe", "predict", "predict_files", "recipe_defaults", "report", "resume", "save_json",
-    "study_degradation", "study_gradients", "train",
+    "study_degradation", "study_gradients", "train", "train_on_ray",
 ]
 
 
@@ -76,14 +78,16 @@ def interactive() -> bool:
 # ---------------------------------------------------------------------------------- training
 def train(model: str | None = None, data: str | None = None, recipe: str | None = None, *,
           progress: bool | None = None, report: bool = False, command: str | None = None,
-          **options: Any) -> RunResult:
+          auto_resume: bool = False, **options: Any) -> RunResult:
     """Train a model and return its :class:`~resnetkit.training.trainer.RunResult`.
 
     Example: ``resnetkit.train("resnet20", "path/to/folder", epochs=2, out="runs/demo")``. Options
     are :class:`~resnetkit.training.config.TrainConfig` fields; ``None`` values keep the recipe's.
     ``data`` is required ('synthetic' asks for generated images). A progress bar is drawn on
     stderr when run interactively (``progress=None``); ``progress=False`` silences it.
-    To continue a run, use :func:`resume`. With ``report`` (the CLI's default) the run directory
+    To continue a run, use :func:`resume`; with ``auto_resume`` (and always after torchrun
+    restarted the workers) a run already in ``out`` with the same settings continues from its
+    ``last.pt``, and otherwise starts there. With ``report`` (the CLI's default) the run directory
     gets ``report.html`` at the end (see :func:`report`), with ``command`` as the command that ran.
     """
     if "resume" in options:
@@ -93,10 +97,24 @@ def train(model: str | None = None, data: str | None = None, recipe: str | None 
     if data is None and options.get("dataset") != "synthetic":
         raise UserError(NO_DATA)
     cfg = resolve_config(recipe, model=model, data=data, **options)
-    result = fit(cfg, progress=progress)
+    result = fit(cfg, progress=progress, auto_resume=auto_resume)
     if report:
         report_after_training(result.out_dir, command)
     return result
+
+
+def train_on_ray(model: str | None = None, data: str | None = None, recipe: str | None = None, *,
+                 num_workers: int = 2, use_gpu: bool = False, max_failures: int = 1,
+                 storage_path: str | Path | None = None, name: str = "resnetkit", **options: Any) -> RayRunResult:
+    """Train with Ray Train's ``TorchTrainer`` on ``num_workers`` workers (``pip install "resnetkit[ray]"``).
+
+    Options are those of :func:`train`. Ray restarts the workers up to ``max_failures`` times
+    after a failure, from the last reported checkpoint; see
+    :func:`resnetkit.training.ray_train.train_on_ray`.
+    """
+    cfg = resolve_config(recipe, model=model, data=data, **options)
+    return ray_train.train_on_ray(cfg, num_workers=num_workers, use_gpu=use_gpu, max_failures=max_failures,
+                                  storage_path=storage_path, name=name)
 
 
 def recipe_defaults(recipe: str) -> dict[str, Any]:

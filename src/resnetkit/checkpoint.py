@@ -323,6 +323,9 @@ def build_payload(model: nn.Module, optimizer: torch.optim.Optimizer, *, model_n
         "epoch": progress["epoch"],
         "step_in_epoch": progress["step_in_epoch"],
         "global_step": progress["global_step"],
+        # the position in the epoch's shuffled global order, which no number of processes changes
+        "global_batch": int(config["batch_size"]),
+        "images_in_epoch": progress["step_in_epoch"] * int(config["batch_size"]),
         "epoch_done": progress["epoch_done"],
         "rng": rng,
         "best": dict(progress["best"]),

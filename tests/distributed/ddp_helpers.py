@@ -124,6 +124,18 @@ def processes_with_marker(marker: str) -> list[int]:
     return found
 
 
+def rank_pid(marker: str, rank: int) -> int:
+    """The pid of the worker process of ``rank`` among the processes carrying ``marker``."""
+    for pid in processes_with_marker(marker):
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in env:
+            return pid
+    raise AssertionError(f"no process of rank {rank} found")
+
+
 def wait_until_gone(marker: str, seconds: float) -> list[int]:
     """Wait up to ``seconds`` for the marked processes to exit; returns those still alive."""
     deadline = time.monotonic() + seconds

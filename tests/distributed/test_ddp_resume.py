@@ -21,8 +21,8 @@ from ddp_helpers import (
     assert_same_state,
     check,
     load_dumps,
-    processes_with_marker,
     rank_env,
+    rank_pid,
     run,
     torchrun,
     wait_until_gone,
@@ -79,18 +79,6 @@ def test_nproc_run_stopped_by_sigterm_resumes_to_the_uninterrupted_weights(ddp_r
     assert ours["top1"] == theirs["top1"] and ours["loss"] == theirs["loss"]
 
 
-def _rank_pid(marker: str, rank: int) -> int:
-    """The pid of the worker process of ``rank`` among the processes carrying ``marker``."""
-    for pid in processes_with_marker(marker):
-        try:
-            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if f"RANK={rank}".encode() in env:
-            return pid
-    raise AssertionError(f"no process of rank {rank} found")
-
-
 def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step(tmp_path: Path) -> None:
     """Only rank 1 is signalled: rank 0 must still stop with it, after the same step, and save."""
     out, marker = tmp_path / "run", uuid.uuid4().hex
@@ -100,7 +88,7 @@ def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step(tmp_path: Pat
                                 stderr=subprocess.STDOUT)
         try:
             _wait_for(out / "last.pt", proc, seconds=240)
-            os.kill(_rank_pid(marker, 1), signal.SIGTERM)
+            os.kill(rank_pid(marker, 1), signal.SIGTERM)
             rc = proc.wait(timeout=120)
         finally:
             if proc.poll() is None:

@@ -156,7 +156,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--out", help="run directory (default: runs/MODEL-TIME)")
     r.add_argument("--overwrite", action="store_true", default=None, help="replace a run already in --out")
     r.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
-    r.add_argument("--checkpoint-every", type=int, help="also save last.pt every N steps (0: at epoch ends only)")
+    r.add_argument("--auto-resume", action="store_true",
+                   help="continue the run in --out from its last.pt if it has one (same settings), else start it "
+                        "there: for jobs that are requeued; implied after torchrun restarts the workers")
+    r.add_argument("--checkpoint-every", type=int, help="also save last.pt every N steps (0: at epoch ends only; "
+                                                         "bounds the steps a restart loses)")
     r.add_argument("--eval-every", type=int, help="evaluate on the test split every N epochs (0: only at the end)")
     r.add_argument("--max-steps", type=int, help="stop after N optimizer steps (smoke runs)")
     r.add_argument("--stop-after-steps", type=int, metavar="N",
@@ -178,7 +182,7 @@ def _loggers(text: str) -> list[str]:
 
 
 MODEL_OPTIONS = ("zero_init_residual", "drop_rate", "shortcut", "width_mult")
-NOT_CONFIG = ("command", "func", "verbose", "resume", "nproc", "recipe", "no_report", *MODEL_OPTIONS)
+NOT_CONFIG = ("command", "func", "verbose", "resume", "auto_resume", "nproc", "recipe", "no_report", *MODEL_OPTIONS)
 
 
 def _launch_torchrun(nproc: int) -> int:
@@ -232,7 +236,7 @@ def main(args: argparse.Namespace) -> int:
         result = api.resume(args.resume, progress=progress, report=not args.no_report, command=command, **given)
     else:
         result = api.train(recipe=args.recipe, progress=progress, report=not args.no_report, command=command,
-                           **options)
+                           auto_resume=args.auto_resume, **options)
     if int(os.environ.get("RANK", "0")) == 0:
         t = result.test
         print(f"resnetkit train: {result.config['model']} on {result.config['data']}: test top-1 {t['top1']:.2%}, "

@@ -55,6 +55,9 @@ class DistContext:
     local_rank: int = 0
     world_size: int = 1
     control: Any = field(default=None, compare=False, repr=False)
+    #: whether this process created the default group (and so destroys it at the end); a group
+    #: that a framework above resnetkit created (Ray Train) is left to it
+    owns_group: bool = field(default=True, compare=False)
 
     @property
     def enabled(self) -> bool:
@@ -227,43 +230,89 @@ def init_from_env(device_name: str | None, timeout_s: float | None = None) -> tu
     """Join the process group when launched by torchrun; returns the context and the device name.
 
     On CUDA each process takes ``cuda:LOCAL_RANK`` and NCCL; otherwise gloo. ``timeout_s``
-    defaults to :func:`collective_timeout`.
+    defaults to :func:`collective_timeout`. A default group that already exists (created by a
+    framework such as Ray Train) is adopted as it is: its rank and size are the job's, an
+    explicit ``cuda:N`` device is kept, and :func:`shutdown` leaves the group to its creator.
     """
-    world = env_world_size()
+    adopted = dist.is_available() and dist.is_initialized()
+    world = dist.get_world_size() if adopted else env_world_size()
     if world <= 1:
-        return DistContext(), device_name
-    if "RANK" not in os.environ:
+        return DistContext(owns_group=not adopted), device_name
+    if not adopted and "RANK" not in os.environ:
         raise UserError("WORLD_SIZE is set but RANK is not; start distributed runs with torchrun")
-    rank = _env_int("RANK", 0)
+    rank = dist.get_rank() if adopted else _env_int("RANK", 0)
     local_rank = _env_int("LOCAL_RANK", 0)
     timeout = collective_timeout() if timeout_s is None else float(timeout_s)
     auto = device_name in (None, "", "auto")
-    use_cuda = (auto and torch.cuda.is_available()) or (device_name or "").startswith("cuda")
+    if adopted:
+        backend = dist.get_backend()
+        use_cuda = backend == "nccl" or (device_name or "").startswith("cuda")
+    else:
+        use_cuda = (auto and torch.cuda.is_available()) or (device_name or "").startswith("cuda")
     if use_cuda:
-        if not torch.cuda.is_available():
-            raise UserError(f"device {device_name!r} was requested but no CUDA device is available; use --device cpu")
-        count = torch.cuda.device_count()
-        if local_rank >= count:
-            raise UserError(f"process {local_rank} on this machine has no GPU of its own ({count} found); "
-                            f"start at most {count} processes per machine (--nproc_per_node)")
-        if device_name not in (None, "", "auto", "cuda", f"cuda:{local_rank}"):
-            log.warning("--device %s ignored: distributed process %d uses cuda:%d", device_name, rank, local_rank)
-        torch.cuda.set_device(local_rank)
-        device_name = f"cuda:{local_rank}"
-    backend = "nccl" if use_cuda else "gloo"
-    if not dist.is_initialized():
+        device_name = _cuda_device(device_name, rank, local_rank, keep_explicit=adopted)
+    if not adopted:
+        store = _store_after_restart(world, timeout)
+        where = {"store": store, "rank": rank, "world_size": world} if store is not None else {}
         try:
-            dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout))
+            dist.init_process_group(backend="nccl" if use_cuda else "gloo",
+                                    timeout=datetime.timedelta(seconds=timeout), **where)
         except ValueError as e:  # env:// without MASTER_ADDR / MASTER_PORT
             raise UserError(f"cannot join the process group ({e}); start distributed runs with torchrun") from None
     control = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=max(timeout, CONTROL_TIMEOUT_S)))
-    log.debug("rank %d/%d joined the %s process group (timeout %.0fs)", rank, world, backend, timeout)
+    log.debug("rank %d/%d %s the %s process group (timeout %.0fs)", rank, world,
+              "adopted" if adopted else "joined", dist.get_backend(), timeout)
     if not use_cuda and auto:
         device_name = "cpu"
-    return DistContext(rank, local_rank, world, control), device_name
+    return DistContext(rank, local_rank, world, control, owns_group=not adopted), device_name
 
 
-def shutdown() -> None:
-    """Leave the process group (every group), if one was joined."""
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+def _store_after_restart(world: int, timeout: float) -> Any:
+    """In a worker group that torchrun restarted, a namespace of the store for this attempt alone.
+
+    The restarted workers reach the same agent store (``MASTER_ADDR:MASTER_PORT``) as the
+    failed group, whose process-group keys are still there; gloo then dials the dead workers'
+    addresses and fails ("connectFullMesh ... Connection refused", seen with torch 2.14 under
+    ``--max-restarts``). Keys under a prefix of the restart count and the world size avoid them.
+    ``None``: a first start, or a store torchrun does not serve (plain ``env://`` then).
+    """
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "")
+    if not restart.isdigit() or int(restart) == 0 or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    try:
+        store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False,
+                              timeout=datetime.timedelta(seconds=timeout))
+    except (KeyError, ValueError) as e:
+        raise UserError(f"cannot reach torchrun's store after a restart ({e}); start distributed runs with torchrun") from None
+    return dist.PrefixStore(f"resnetkit/restart{restart}/world{world}", store)
+
+
+def _cuda_device(device_name: str | None, rank: int, local_rank: int, keep_explicit: bool) -> str:
+    """This process's GPU: ``cuda:LOCAL_RANK``, or an explicit ``cuda:N`` when ``keep_explicit``."""
+    if not torch.cuda.is_available():
+        raise UserError(f"device {device_name!r} was requested but no CUDA device is available; use --device cpu")
+    if keep_explicit and device_name and device_name.startswith("cuda:"):
+        torch.cuda.set_device(torch.device(device_name))
+        return device_name
+    count = torch.cuda.device_count()
+    if local_rank >= count:
+        raise UserError(f"process {local_rank} on this machine has no GPU of its own ({count} found); "
+                        f"start at most {count} processes per machine (--nproc_per_node)")
+    if device_name not in (None, "", "auto", "cuda", f"cuda:{local_rank}"):
+        log.warning("--device %s ignored: distributed process %d uses cuda:%d", device_name, rank, local_rank)
+    torch.cuda.set_device(local_rank)
+    return f"cuda:{local_rank}"
+
+
+def shutdown(ctx: DistContext | None = None) -> None:
+    """Leave the process group (every group), if this process created it.
+
+    With ``ctx`` from an adopted group only resnetkit's own coordination group is destroyed.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if ctx is not None and not ctx.owns_group:
+        if ctx.control is not None:
+            dist.destroy_process_group(ctx.control)
+        return
+    dist.destroy_process_group()

@@ -108,9 +108,9 @@ def build(cfg: TrainConfig, ckpt: dict | None, dist: DistContext, data: ImageDat
     set_deterministic(cfg.deterministic, device)
     if device.type == "cuda" and not cfg.deterministic:
         torch.backends.cudnn.benchmark = True
-    if ckpt is not None and ckpt.get("world_size", 1) != dist.world_size:
-        raise UserError(f"this run was saved with {ckpt.get('world_size', 1)} process(es) and is resumed with "
-                        f"{dist.world_size}; resume with the same world size so the data order is the same")
+    if cfg.batch_size % dist.world_size:  # before any collective or data loading
+        raise UserError(f"the global batch of {cfg.batch_size} images cannot be split evenly over "
+                        f"{dist.world_size} processes; use a number of processes that divides it")
     if cfg.sync_bn and dist.enabled and device.type != "cuda":
         raise UserError("--sync-bn needs CUDA devices (PyTorch's SyncBatchNorm does not run on CPU); "
                         "drop --sync-bn or train on GPUs")
@@ -126,8 +126,9 @@ def build(cfg: TrainConfig, ckpt: dict | None, dist: DistContext, data: ImageDat
                      "a batch size given explicitly is kept)", batch, lr, cfg.recipe, cfg.batch_size, cfg.lr, n_train)
         cfg.batch_size, cfg.lr = batch, lr
     cfg.adapt_batch = False  # applied once; the saved config holds the values used
-    if cfg.batch_size % dist.world_size:
-        raise UserError(f"--batch-size {cfg.batch_size} must be divisible by the {dist.world_size} processes")
+    if cfg.batch_size % dist.world_size:  # an adapted batch is a power of two of at least 8, but say so
+        raise UserError(f"the global batch of {cfg.batch_size} images cannot be split evenly over "
+                        f"{dist.world_size} processes; use a number of processes that divides it")
     per_rank = cfg.batch_size // dist.world_size
     tx, ty, vx, vy = _split(data, cfg.val_split, cfg.seed)
     precision, channels_last = _precision_layout(cfg, device, dist, data, per_rank)

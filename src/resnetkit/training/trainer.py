@@ -12,7 +12,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +28,7 @@ from . import rundir
 from .config import TrainConfig, validate
 from .distributed import DistContext, debug_dump, global_epoch_stats, init_from_env, shutdown
 from .loop import NonFiniteLossError, StepState, check_weights_finite, train_epoch
-from .resume import resume_changes
+from .resume import continue_in_out, finished, restarted_by_torchrun, resume_config
 from .schedule import apply_lr, lr_factor
 from .setup import Setup, build
 
@@ -83,34 +83,55 @@ def progressive_size(sizes: list[int] | None, epoch: int, total_epochs: int) -> 
     return int(sizes[part])
 
 
-def resume_config(run: str | Path, overrides: dict | None) -> tuple[TrainConfig, dict]:
-    """The configuration and checkpoint to continue ``run`` (a run directory or its ``last.pt``).
+def resume_position(ckpt: dict, global_batch: int) -> int:
+    """The step in the epoch to resume at: the checkpoint's place in the epoch's global order.
 
-    The configuration comes from the checkpoint; ``overrides`` may change the keys in
-    :data:`RESUME_OVERRIDABLE`, others must equal the saved values (``None`` values are ignored).
+    The loader serves step k of an epoch from positions ``[k*G, (k+1)*G)`` of the epoch's
+    shuffled order for any number of processes (G the global batch), so the place is a number of
+    images; checkpoints written before it was stored give ``step_in_epoch``.
     """
-    last = Path(run) / "last.pt" if Path(run).is_dir() else Path(run)
-    ckpt = peek(last)
-    extra = resume_changes(ckpt["config"], dict(overrides or {}), last.parent)
-    # a stop point is where the earlier part ended, never inherited by the continuation
-    cfg = TrainConfig.from_dict({**ckpt["config"], "stop_after_steps": None, **extra})
-    cfg.out = str(last.parent)
-    return cfg, ckpt
+    images = ckpt.get("images_in_epoch")
+    if images is None:
+        return int(ckpt["step_in_epoch"])
+    saved = int(ckpt.get("global_batch", global_batch))
+    if saved != global_batch or images % global_batch:
+        raise UserError(f"the checkpoint was written with a global batch of {saved} images and cannot continue "
+                        f"with {global_batch}")
+    return images // global_batch
 
 
+#: Set by torchrun for each worker group it starts: 0 the first time, then 1, 2, ... after restarts.
 def fit(cfg: TrainConfig | None = None, *, resume: str | Path | None = None,
         resume_overrides: dict | None = None, progress: bool = False,
-        data: ImageData | None = None) -> RunResult:
-    """Train ``cfg``, or continue the run in directory ``resume`` from its ``last.pt``."""
+        data: ImageData | None = None, auto_resume: bool = False) -> RunResult:
+    """Train ``cfg``, or continue the run in directory ``resume`` from its ``last.pt``.
+
+    With ``auto_resume`` (and always in a worker group that torchrun restarted) a run already in
+    ``cfg.out`` continues from its ``last.pt`` (:func:`continue_in_out`).
+    """
     wall0 = time.perf_counter()
     ckpt = None
     if resume is not None:
         cfg, ckpt = resume_config(resume, resume_overrides)
     elif cfg is None:
         raise UserError("nothing to train: give a configuration or a run directory to resume")
+    elif auto_resume or (restarted_by_torchrun() and cfg.out):
+        cfg, ckpt = continue_in_out(cfg)
+    elif restarted_by_torchrun():
+        log.warning("torchrun restarted this run, which has no --out to continue from: it starts anew")
+    return train_in_group(cfg, ckpt, progress=progress, data=data, wall0=wall0)
+
+
+def train_in_group(cfg: TrainConfig, ckpt: dict | None, *, progress: bool = False, data: ImageData | None = None,
+                   on_save: Callable[[Trainer], None] | None = None, wall0: float | None = None) -> RunResult:
+    """Join (or adopt) the process group and run a :class:`Trainer` from ``ckpt`` (``None``: a new run).
+
+    ``on_save(trainer)`` runs on every process after each checkpoint save (the Ray adapter
+    reports there).
+    """
     validate(cfg)
     model_info(cfg.model)  # an unknown model fails now, with suggestions, before any data work
-    if ckpt is not None and _finished(ckpt, cfg):
+    if ckpt is not None and finished(ckpt, cfg):
         raise UserError(f"the run in {cfg.out} is complete ({len(ckpt.get('history', []))} epoch(s), step "
                         f"{ckpt['global_step']}); its results are in {cfg.out}/result.json. To train longer, "
                         f"resume with a larger <<epochs>>")
@@ -122,11 +143,12 @@ def fit(cfg: TrainConfig | None = None, *, resume: str | Path | None = None,
     try:
         trainer = Trainer(cfg, ckpt, dist_ctx, progress, data)
     except BaseException:
-        shutdown()
+        shutdown(dist_ctx)
         if dist_ctx.is_main and ckpt is None and not existed:
             _remove_if_empty(Path(cfg.out) if cfg.out else None)
         raise
     try:
+        trainer.on_save = on_save
         return trainer.run(wall0)
     except NonFiniteLossError as e:
         last = Path(cfg.out) / "last.pt" if cfg.out else None
@@ -137,15 +159,7 @@ def fit(cfg: TrainConfig | None = None, *, resume: str | Path | None = None,
         raise NonFiniteLossError(f"{e}; no checkpoint was saved before it: start again with a lower <<lr>> "
                                  f"(and <<overwrite>> to reuse {cfg.out}), or check the data") from None
     finally:
-        shutdown()
-
-
-def _finished(ckpt: dict, cfg: TrainConfig) -> bool:
-    """Whether the checkpoint is the end of its run (every epoch done, no stop point pending)."""
-    history = ckpt.get("history", [])
-    whole = int(-(-cfg.epochs // 1))
-    return bool(ckpt.get("epoch_done")) and int(ckpt.get("epoch", 0)) >= whole and len(history) >= whole \
-        and cfg.max_steps is None
+        shutdown(dist_ctx)
 
 
 def _remove_if_empty(out: Path | None) -> None:
@@ -183,12 +197,14 @@ class Trainer:
         self.best: dict[str, Any] = {"metric": "val_top1" if s.val_loader is not None else "last",
                                      "value": None, "epoch": None}
         if ckpt is not None:
-            self.state = StepState(ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"])
+            self.state = StepState(ckpt["epoch"], resume_position(ckpt, cfg.batch_size), ckpt["global_step"])
             if self.state.step_in_epoch >= len(s.train_loader):  # saved right at an epoch's last step
                 self.state.epoch, self.state.step_in_epoch = self.state.epoch + 1, 0
             self.history = list(ckpt.get("history", []))
             self.best = dict(ckpt.get("best", self.best))
-            log.info("resuming %s at epoch %d, step %d", cfg.out, self.state.epoch + 1, self.state.global_step)
+            log.info("resuming %s at epoch %d, step %d, on %d process(es) (saved by %d)", cfg.out,
+                     self.state.epoch + 1, self.state.global_step, dist_ctx.world_size, ckpt.get("world_size", 1))
+        self.resumed_from = self.state.global_step  # 0 for a new run
         self.steps_per_epoch = len(s.train_loader)
         self.total_epochs = int(-(-cfg.epochs // 1))
         self.total_steps = max(1, int(round(cfg.epochs * self.steps_per_epoch)))
@@ -203,6 +219,7 @@ class Trainer:
         self.signal: str | None = None  # the name of a SIGTERM/SIGINT received
         self.vote = dist_ctx.stop_vote()  # under DDP every rank stops after the same step
         self.bar: Any = None
+        self.on_save: Callable[[Trainer], None] | None = None  # called on every process after each save
 
     # ------------------------------------------------------------------ pieces
     def set_lr(self, step: int) -> float:
@@ -219,12 +236,13 @@ class Trainer:
 
         Every caller has checked the weights are finite on every rank (check_weights_finite).
         """
-        if self.writer is None:
-            return
-        payload = self.setup.payload(self.state, self.history, self.best, epoch_done)
-        self.writer.save_last(payload)
-        if best:
-            self.writer.save_best(payload)
+        if self.writer is not None:
+            payload = self.setup.payload(self.state, self.history, self.best, epoch_done)
+            self.writer.save_last(payload)
+            if best:
+                self.writer.save_best(payload)
+        if self.on_save is not None:
+            self.on_save(self)
 
     def after_update(self, global_step: int) -> None:
         """Right after each optimizer step: update the weight EMA when one is due."""
