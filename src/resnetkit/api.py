@@ -173,7 +173,8 @@ def evaluate(checkpoint: str | Path, data: str | None = None, *, tta: bool = Fal
 
     ``weights``: ``auto`` uses a checkpoint's EMA weights when it has them (``metrics["weights"]``
     says which), ``raw`` or ``ema`` choose.
-    ``data`` defaults to the data the checkpoint was trained on. No training augmentation is
+    ``data`` defaults to the data the checkpoint was trained on, and on it to the same test split
+    (a split carved with ``test_split`` is carved again, identically). No training augmentation is
     applied. A class with no test images has accuracy NaN (``null`` in JSON). With ``out`` the
     metrics go to ``metrics.json`` and ``confusion.png`` there; earlier ones are replaced only with
     ``overwrite`` (checked before any work). Per-class precision, recall, F1 and support
@@ -186,10 +187,12 @@ def evaluate(checkpoint: str | Path, data: str | None = None, *, tta: bool = Fal
     model = load_checkpoint(checkpoint, dev, weights)
     cfg = TrainConfig.from_dict(model.checkpoint_meta["config"])
     source = data or cfg.data
+    same = data is None or Path(data).expanduser().resolve() == Path(cfg.data).expanduser().resolve()
     # the training data is asked for as training asked (same cache entry: no second decode of an archive)
-    size = cfg.image_size if data is None else model.image_size
-    ds = prepare_data(source, dataset=cfg.dataset if data is None else None, image_size=size,
-                      skip_bad_images=cfg.skip_bad_images, progress=progress)
+    ds = prepare_data(source, dataset=cfg.dataset if data is None else None,
+                      image_size=cfg.image_size if same else model.image_size,
+                      skip_bad_images=cfg.skip_bad_images, progress=progress,
+                      test_split=cfg.test_split if same else None, test_split_seed=cfg.test_split_seed)
     if list(ds.classes) != list(model.classes):
         raise UserError(f"the classes of {source} ({len(ds.classes)}: {', '.join(ds.classes[:4])}...) differ from "
                         f"the checkpoint's ({len(model.classes)}: {', '.join(model.classes[:4])}...)")

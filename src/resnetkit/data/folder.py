@@ -1,5 +1,8 @@
 """Image-folder trees (``train/<class>/*``, ``test/`` or ``val/``), as folders or archives -> uint8.
 
+A tree with only ``train/`` needs ``test_split`` (a fraction): the test split is then carved from
+it, seeded and stratified (``holdout.py``), before any image is decoded.
+
 Archives (.tar, .tar.gz/.tgz, .zip) are read member by member into memory, never extracted. Images
 are decoded by a thread pool: JPEGs with torchvision's libjpeg-turbo op (which releases the GIL
 and gives the same pixels as Pillow on the real CIFAR JPEGs, at ~3x less CPU), everything else
@@ -27,6 +30,7 @@ from tqdm import tqdm
 
 from ..errors import UserError
 from .cache import Splits
+from .holdout import carve_test_split
 from .images import Ref, decode_images, image_extensions, image_size
 
 logger = logging.getLogger(__name__)
@@ -161,8 +165,11 @@ def _list_source(source: Path) -> tuple[dict[str, Ref], set[str]]:
     return files, dirs
 
 
-def _find_root(source: Path, dirs: set[str]) -> tuple[str, str]:
-    """The prefix of the tree (``""`` or one top-level folder) and the name of its test split."""
+def _find_root(source: Path, dirs: set[str], test_split: float | None = None) -> tuple[str, str | None]:
+    """The prefix of the tree (``""`` or one top-level folder) and the name of its test split.
+
+    ``None`` for the test split when there is none and ``test_split`` asks to carve one.
+    """
     tops = {d.split("/")[0] for d in dirs}
     roots = [""] if "train" in dirs else [f"{t}/" for t in tops if f"{t}/train" in dirs]
     if len(roots) != 1:
@@ -171,12 +178,17 @@ def _find_root(source: Path, dirs: set[str]) -> tuple[str, str]:
     root = roots[0]
     for split in ("test", "val"):
         if root + split in dirs:
+            if test_split is not None:
+                raise UserError(f"{source} already has a {split}/ split, so <<test_split>> has nothing to do; drop "
+                                f"it to evaluate on {root}{split}/.")
             return root, split
-    raise UserError(f"No test/ or val/ split found in {source}; add test/<class>/ (or val/<class>/) folders next "
-                    f"to {root}train/.")
+    if test_split is not None:
+        return root, None
+    raise UserError(f"No test/ or val/ split found in {source}; pass <<test_split=0.1>> to hold out 10% of "
+                    f"{root}train/ (seeded, per class), or add test/<class>/ folders next to it.")
 
 
-def _collect(source: Path, files: dict[str, Ref], dirs: set[str], root: str, test: str,
+def _collect(source: Path, files: dict[str, Ref], dirs: set[str], root: str, test: str | None,
              skip_empty: bool = False) -> tuple[list[str], list[list[tuple[str, int]]]]:
     """Sorted class names and, per split, sorted (relative path, label) pairs; checks the tree.
 
@@ -184,7 +196,7 @@ def _collect(source: Path, files: dict[str, Ref], dirs: set[str], root: str, tes
     warning instead of failing: a class with no training images is dropped from both splits.
     """
     per_split: list[dict[str, list[str]]] = []
-    for split in ("train", test):
+    for split in ("train", test) if test is not None else ("train",):
         base = f"{root}{split}/"
         classes: dict[str, list[str]] = {d[len(base):]: [] for d in dirs
                                          if d.startswith(base) and "/" not in d[len(base):]}
@@ -199,6 +211,8 @@ def _collect(source: Path, files: dict[str, Ref], dirs: set[str], root: str, tes
                 logger.warning("skipping the empty class folder %s", _name(source, base + name))
                 del classes[name]
         per_split.append(classes)
+    if test is None:  # carved later, from the training files of every class
+        per_split.append({name: [] for name in per_split[0]})
     if skip_empty:
         for name in sorted(set(per_split[1]) - set(per_split[0])):
             logger.warning("skipping the class %s: it has test images but no training images", name)
@@ -233,11 +247,20 @@ def _name(source: Path, rel: str) -> str:
 
 
 def load_folder(source: Path, *, image_size: int | None = None, skip_bad_images: bool = False,
-                workers: int | None = None, progress: bool = False) -> Splits:
-    """Decode an image-folder tree or archive; bad files fail together, or are skipped on request."""
+                workers: int | None = None, progress: bool = False, test_split: float | None = None,
+                test_split_seed: int = 0) -> Splits:
+    """Decode an image-folder tree or archive; bad files fail together, or are skipped on request.
+
+    ``test_split`` (a fraction) carves the test split from ``train/`` when the tree has no
+    ``test/`` or ``val/`` (and is refused when it has one); see ``holdout.py``.
+    """
     files, dirs = _list_source(source)
-    root, test = _find_root(source, dirs)
+    root, test = _find_root(source, dirs, test_split)
     classes, (train, tst) = _collect(source, files, dirs, root, test, skip_empty=skip_bad_images)
+    if test is None and test_split is not None:
+        train, tst = carve_test_split(train, test_split, test_split_seed)
+        logger.info("held out %d of %d training images of %s as the test split (fraction %g, seed %d)",
+                    len(tst), len(train) + len(tst), source, test_split, test_split_seed)
     entries = train + tst
     refs = [files.pop(rel) for rel, _ in entries]
     size = image_size or _first_size(refs[:len(train)])

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from ..errors import UserError
 from . import cache, cifar, folder, synthetic
 from .dataset import ImageData
+from .holdout import check_fraction
 
 logger = logging.getLogger(__name__)
 
@@ -131,25 +132,35 @@ def _assemble(name: str, splits: cache.Splits, fp: str) -> ImageData:
 
 def prepare_data(source: str | Path, *, dataset: str | None = None, image_size: int | None = None,
                  cache_dir: str | Path | None = None, skip_bad_images: bool = False,
-                 download: bool = False, workers: int | None = None, progress: bool = False) -> ImageData:
+                 download: bool = False, workers: int | None = None, progress: bool = False,
+                 test_split: float | None = None, test_split_seed: int = 0) -> ImageData:
     """Turn ``source`` into ``ImageData`` (uint8 tensors + labels + mean/std), via the cache.
 
     ``dataset`` forces the kind (one of ``KINDS``); ``image_size`` resizes to S x S (default: 32 for
     CIFAR and synthetic, the first image's shorter side capped at 224 for folders); ``workers`` is
     the number of decoding threads (default ``os.cpu_count()``). With ``download=True``, missing
     CIFAR data is fetched into ``source`` (a folder, or the archive path itself); the kind is
-    ``dataset``, else CIFAR-100 if the path's name says so, else CIFAR-10.
+    ``dataset``, else CIFAR-100 if the path's name says so, else CIFAR-10. ``test_split`` (a
+    fraction, image folders with only ``train/``) carves a seeded, stratified test split from the
+    training images with ``test_split_seed``; the cached result is the same for the same values.
     """
     if image_size is not None and not 1 <= image_size <= 4096:
         raise UserError(f"image_size {image_size} is out of range; use a size between 1 and 4096 pixels.")
     if workers is not None and workers < 1:
         raise UserError(f"workers={workers} is invalid; use 1 or more decoding workers.")
+    if test_split is not None:
+        check_fraction(test_split)
     kind, location = _resolve(source, dataset, download, progress)
+    if test_split is not None and kind != "folder":
+        raise UserError(f"{source} is {kind} data with its own test split; <<test_split>> is for image folders "
+                        f"that have only train/, so drop it.")
     if isinstance(location, int):
         size = image_size or 32
         splits = synthetic.make_synthetic(location, image_size=size)
         return _assemble("synthetic", splits, f"synthetic-v{cache.FORMAT_VERSION}-{location}-{size}-seed0")
-    options = {"image_size": image_size, "skip_bad_images": skip_bad_images if kind == "folder" else False}
+    options: dict = {"image_size": image_size, "skip_bad_images": skip_bad_images if kind == "folder" else False}
+    if test_split is not None:  # only then, so the caches of trees with a test/ split keep their keys
+        options.update(test_split=test_split, test_split_seed=test_split_seed)
     name = _name(kind, location)
     key = cache.cache_key(kind, location, options)
     fp = cache.fingerprint(kind, location, options)
@@ -160,7 +171,8 @@ def prepare_data(source: str | Path, *, dataset: str | None = None, image_size: 
     start = time.perf_counter()
     if kind == "folder":
         splits = folder.load_folder(location, image_size=image_size, skip_bad_images=skip_bad_images,
-                                    workers=workers, progress=progress)
+                                    workers=workers, progress=progress, test_split=test_split,
+                                    test_split_seed=test_split_seed)
     else:
         splits = cifar.load_cifar(kind, location)
         if image_size is not None:

@@ -38,6 +38,8 @@ class TrainConfig:
     flip: str = "random"
     cutout: int = 0
     val_split: int = 0
+    test_split: float | None = None  # image folders with only train/: hold out this fraction as the test split
+    test_split_seed: int = 0  # its own seed, so runs with different --seed share one test split
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"
@@ -205,6 +207,8 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError(f"<<momentum>> must be in [0, 1), got {cfg.momentum}")
     if cfg.val_split < 0:
         raise UserError(f"<<val_split>> must be >= 0, got {cfg.val_split}")
+    if cfg.test_split is not None and not 0 < cfg.test_split < 1:
+        raise UserError(f"<<test_split>> takes a fraction between 0 and 1 (for example 0.1), got {cfg.test_split}")
     if cfg.checkpoint_every < 0:
         raise UserError(f"<<checkpoint_every>> must be >= 0, got {cfg.checkpoint_every}")
     if cfg.max_steps is not None and cfg.max_steps <= 0:

@@ -76,6 +76,9 @@ class RunWriter:
                   "mean": list(setup.mean), "std": list(setup.std), "image_size": setup.data.image_size,
                   "data_fingerprint": setup.data.fingerprint, "prep_seconds": setup.prep_seconds,
                   "skipped_images": len(setup.data.skipped)}
+        if cfg.test_split is not None:  # carved from train/: what eval needs to find the same images
+            config["test_split"] = {"fraction": cfg.test_split, "seed": cfg.test_split_seed,
+                                    "images": len(setup.data.test_labels)}
         io.write_json(out / "config.json", config)
         history = ckpt.get("history", []) if ckpt else []
         # metrics.jsonl restarts from the checkpoint's history: rows after it never happened

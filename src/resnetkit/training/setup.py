@@ -85,7 +85,8 @@ def _load_data(cfg: TrainConfig, dist: DistContext, progress: bool) -> tuple[Ima
         if turn == mine:
             data = prepare_data(cfg.data, dataset=cfg.dataset, image_size=cfg.image_size,
                                 skip_bad_images=cfg.skip_bad_images, download=cfg.download,
-                                progress=progress and dist.is_main)
+                                progress=progress and dist.is_main, test_split=cfg.test_split,
+                                test_split_seed=cfg.test_split_seed)
         dist.barrier()
     return data, time.perf_counter() - t0
 
