@@ -335,6 +335,7 @@ class ExportedModel(nn.Module):
         self.mean = tuple(float(v) for v in meta["mean"])
         self.std = tuple(float(v) for v in meta["std"])
         self.image_size = int(meta["image_size"])
+        self.weights = str(meta.get("weights", "raw"))  # which weights were exported (EMA or raw)
         self.checkpoint_meta = dict(meta)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
