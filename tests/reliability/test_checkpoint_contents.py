@@ -45,7 +45,8 @@ def test_a_checkpoint_holds_everything_exact_resume_needs(tmp_path: Path) -> Non
     assert not any(k in ckpt for k in ("loader", "sampler"))  # epoch-seeded: (epoch, step) is all it needs
     # best metric, from the validation split, and best.pt is that epoch's checkpoint
     vals = [r["val_acc"] for r in result.history]
-    assert ckpt["best"] == {"metric": "val_top1", "value": max(vals), "epoch": vals.index(max(vals)) + 1}
+    assert ckpt["best"] == {"metric": "val_top1", "value": max(vals), "epoch": vals.index(max(vals)) + 1,
+                            "weights": "raw"}  # no --ema: the raw weights won
     assert 0.0 <= max(vals) <= 1.0
     assert safe_load(out / "best.pt")["epoch"] == ckpt["best"]["epoch"]
     # configuration, classes, normalisation, image size

@@ -56,7 +56,8 @@ def test_nan_loss_at_a_known_step(reference: dict, saves: list[dict], tmp_path: 
     with pytest.raises(NonFiniteLossError) as info:
         resnetkit.train(**BASE, checkpoint_every=1, out=str(out))
     assert str(info.value) == ("the training loss became nan at step 11 (epoch 2, batch 4); stopped without saving "
-                               "these weights (last.pt keeps the last good state): lower --lr or check the data")
+                               f"these weights; {out / 'last.pt'} keeps the last good state (step 11), but a resume "
+                               "keeps the same settings: start again with a lower lr and overwrite, or check the data")
     assert [s["step"] for s in saves if s["file"] == "last.pt"] == [*range(1, 9), 8, 9, 10, 11]
     assert all(s["finite"] for s in saves)  # no checkpoint ever held a NaN
     ckpt = peek(out / "last.pt")
@@ -101,6 +102,6 @@ def test_weights_that_overflow_while_the_loss_is_finite(saves: list[dict], tmp_p
     with pytest.raises(NonFiniteLossError) as info:
         resnetkit.train(**BASE, checkpoint_every=1, out=str(out))
     assert str(info.value).startswith("the weights became non-finite by step 7 (first: bn1.weight); stopped "
-                                      "without saving them (last.pt keeps the last good state)")
+                                      f"without saving them; {out / 'last.pt'} keeps the last good state (step 6)")
     assert all(s["finite"] for s in saves) and saves[-1]["step"] == 6
     assert peek(out / "last.pt")["global_step"] == 6 and all_finite(weights(out / "last.pt"))

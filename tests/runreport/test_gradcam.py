@@ -22,11 +22,13 @@ from resnetkit.models import create_model
 # and the stage Grad-CAM should use by default
 FAMILIES = {"resnet18": "layer4", "resnet18_cifar": "layer4", "plain18": "layer4", "plain18_cifar": "layer4",
             "plain20": "layer3", "resnext50_32x4d": "layer4", "wide_resnet50_2": "layer4", "resnet20": "layer3",
-            "preact_resnet18": "layer4", "wrn16_4": "layer3", "resnet9": "layer3"}
+            "preact_resnet18": "layer4", "wrn16_4": "layer3", "resnet9": "layer3",
+            "resnet_cpu": "layers"}  # its stages sit in one Sequential: the map is at the last stage's output
 
 
 def _as_checkpoint_model(name: str, size: int) -> torch.nn.Module:
-    model = create_model(name, num_classes=10, width_mult=0.25).eval()
+    narrow = {} if name == "resnet_cpu" else {"width_mult": 0.25}  # resnet_cpu has fixed widths (and is small)
+    model = create_model(name, num_classes=10, **narrow).eval()
     model.classes, model.mean, model.std, model.image_size = [f"c{i}" for i in range(10)], (0.5,) * 3, (0.25,) * 3, size
     return model
 
