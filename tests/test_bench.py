@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from resnetkit.benchmark import throughput
 from resnetkit.data.prepare import prepare_data
 
@@ -22,6 +24,7 @@ def test_throughput_reports_three_pipelines_in_one_run():
         assert r.images_per_s > 0 and abs(r.images_per_s * r.step_ms / 1e3 - r.batch_size) < 1e-6 * r.batch_size
 
 
+@pytest.mark.slow  # about 75 s on 2 cores: run by CI with -m slow, not by the default run
 def test_gpu_script_smoke_mode_on_cpu(tmp_path):
     env = {**os.environ, "OUT": str(tmp_path / "out"), "PYTHON": sys.executable, "OMP_NUM_THREADS": "2"}
     proc = subprocess.run(["bash", str(ROOT / "bench" / "gpu.sh"), "--smoke"], cwd=ROOT, env=env,

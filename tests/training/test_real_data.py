@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 import torch
 
 from resnetkit.data.prepare import prepare_data
@@ -28,6 +29,7 @@ def _subset(data, n_train: int, n_test: int, seed: int = 0):
                                test_labels=data.test_labels[te])
 
 
+@pytest.mark.slow  # about 75 s on 2 cores: run by CI with -m slow, not by the default run
 def test_small_resnet_learns_jpeg_cifar10_subset(cifar_jpeg, session_cache, tmp_path):
     data = _subset(prepare_data(cifar_jpeg, cache_dir=session_cache), 6000, 2000)
     assert torch.bincount(data.train_labels, minlength=10).min() > 450  # roughly balanced subset

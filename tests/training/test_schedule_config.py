@@ -92,5 +92,5 @@ def test_progressive_sizes_split_the_run_in_equal_parts_and_are_validated():
     assert progressive_size(None, 3, 10) is None and progressive_size([], 0, 1) is None
     assert resolve_config(progressive_sizes=[24, 32]).progressive_sizes == [24, 32]
     for bad in ([], [4, 32], [24.5]):
-        with pytest.raises(UserError, match="progressive-sizes"):
+        with pytest.raises(UserError, match="progressive_sizes"):  # the Python spelling (str of the error)
             resolve_config(progressive_sizes=bad)
