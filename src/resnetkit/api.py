@@ -39,6 +39,7 @@ from .reporting import evaluation_extras, format_class_table, load_run, render_r
 from .reporting.extras import hardware
 from .runtime.cpuinfo import CpuFacts, collect
 from .runtime.device import resolve_device, resolve_precision
+from .runtime.inference import TTA_MODES, tta_mode
 from .runtime.inference import evaluate as evaluate_loader
 from .runtime.loaders import eval_loader
 from .runtime.probe import ProbeDecision, decide
@@ -55,7 +56,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "BATCH_FRACTION", "RESUME_OVERRIDABLE", "ExportResult", "Prediction", "Recipe", "RunResult", "__version__",
-    "bench_throughput", "bench_time_to_accuracy", "cpu_facts", "draw_grid", "evaluate", "explain", "export",
+    "TTA_MODES", "bench_throughput", "bench_time_to_accuracy", "cpu_facts", "draw_grid", "evaluate", "explain", "export",
     "format_class_table", "list_recipes", "load_checkpoint", "lr_find", "machine_info", "model_summary",
     "model_table", "precision_probe", "predict", "predict_files", "recipe_defaults", "report", "resume", "save_json",
     "study_degradation", "study_gradients", "train", "train_on_ray",
@@ -165,12 +166,13 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", weight
     return model
 
 
-def evaluate(checkpoint: str | Path, data: str | None = None, *, tta: bool = False,
+def evaluate(checkpoint: str | Path, data: str | None = None, *, tta: bool | str = False,
              device: str = "auto", batch_size: int = 256, precision: str = "auto",
              out: str | Path | None = None, overwrite: bool = False, progress: bool = False,
              worst: int = 24, weights: str = "auto") -> dict:
     """Top-1/top-5/loss/per-class accuracy and the confusion matrix on a dataset's test split.
 
+    ``tta``: ``False``, ``True`` or "flip" (image and mirror), "flip-shift" (and both moved a pixel).
     ``weights``: ``auto`` uses a checkpoint's EMA weights when it has them (``metrics["weights"]``
     says which), ``raw`` or ``ema`` choose.
     ``data`` defaults to the data the checkpoint was trained on, and on it to the same test split
@@ -181,6 +183,7 @@ def evaluate(checkpoint: str | Path, data: str | None = None, *, tta: bool = Fal
     (``per_class_metrics``) and the ``worst`` most confidently wrong test images (``worst_errors``;
     with ``out`` also drawn in ``worst_errors.png``) come with them.
     """
+    tta = tta_mode(tta)
     if out is not None:
         out = _check_eval_out(Path(out), overwrite)
     dev = resolve_device(device)
@@ -245,7 +248,7 @@ def _make_eval_out(out: Path) -> None:
         raise UserError(f"cannot write to the output folder {out}: {e.strerror or e}") from None
 
 
-def predict_files(checkpoint: str | Path, inputs: Sequence[str | Path], *, top_k: int = 5, tta: bool = False,
+def predict_files(checkpoint: str | Path, inputs: Sequence[str | Path], *, top_k: int = 5, tta: bool | str = False,
                   batch_size: int = 256, device: str = "auto", weights: str = "auto"
                   ) -> tuple[list[Prediction], list[tuple[str, str]], nn.Module]:
     """Classify files, folders (recursively) and glob patterns with a checkpoint.

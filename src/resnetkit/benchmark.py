@@ -81,9 +81,10 @@ def _cycle(make: Callable[[], Iterable]) -> Iterator:
         epoch += 1
 
 
-def _fresh(model_name: str, num_classes: int, device: torch.device, channels_last: bool):
+def _fresh(model_name: str, num_classes: int, device: torch.device, channels_last: bool,
+           model_kwargs: dict | None = None):
     torch.manual_seed(0)
-    model = create_model(model_name, num_classes=num_classes)
+    model = create_model(model_name, num_classes=num_classes, **(model_kwargs or {}))
     model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     return model, build_sgd(model, 0.01, 0.9, 5e-4, nesterov=True)
 
@@ -109,10 +110,11 @@ def tutorial_loader(data: ImageData, batch_size: int = 128):
 
 def throughput(model_name: str, data: ImageData, *, device: str = "auto", precision: str = "auto",
                channels_last: bool | None = None, batch_size: int = 256, steps: int = 20, warmup: int = 3,
-               tutorial_batch_size: int = 128, include_tutorial: bool = True) -> list[Throughput]:
+               tutorial_batch_size: int = 128, include_tutorial: bool = True,
+               model_kwargs: dict | None = None) -> list[Throughput]:
     """Measure (a) resnetkit, (b) the tutorial pipeline, (c) the ceiling, in this order."""
     dev = resolve_device(device)
-    prec, cl = resolve_precision_layout(precision, channels_last, dev, model_name=model_name, model_kwargs={},
+    prec, cl = resolve_precision_layout(precision, channels_last, dev, model_name=model_name, model_kwargs=model_kwargs or {},
                                         batch_size=batch_size, image_size=data.image_size,
                                         num_classes=data.num_classes, in_channels=int(data.train_images.shape[1]))
     dtype = batch_dtype(prec)
@@ -123,7 +125,7 @@ def throughput(model_name: str, data: ImageData, *, device: str = "auto", precis
         results.append(Throughput(name, bs, p, c, bs / med, med * 1e3))
         log.info("%s: %.0f img/s (median step %.1f ms)", name, bs / med, med * 1e3)
 
-    model, opt = _fresh(model_name, data.num_classes, dev, cl)
+    model, opt = _fresh(model_name, data.num_classes, dev, cl, model_kwargs)
     loader = DeviceLoader(data.train_images, data.train_labels, batch_size=batch_size, device=dev, train=True,
                           mean=data.mean, std=data.std, dtype=dtype, channels_last=cl)
 
@@ -140,7 +142,7 @@ def throughput(model_name: str, data: ImageData, *, device: str = "auto", precis
                _time_steps(model, opt, _cycle(lambda e: iter(tut)), dev, "fp32", warmup, steps,
                            prepare=lambda x, y: (x.to(dev), y.to(dev))))
 
-    model, opt = _fresh(model_name, data.num_classes, dev, cl)
+    model, opt = _fresh(model_name, data.num_classes, dev, cl, model_kwargs)
     loader.set_epoch(0)
     x, y = next(iter(loader))
 
@@ -175,14 +177,16 @@ class SeedRun:
 
 def epochs_for_budget(model_name: str, data: ImageData, budget_seconds: float, batch_size: int, *,
                       device: str = "auto", precision: str = "auto", safety: float = 0.92,
-                      image_size: int | None = None) -> float:
+                      image_size: int | None = None, model_kwargs: dict | None = None) -> float:
     """Epochs that fit ``budget_seconds`` of training, from a short throughput calibration.
 
     With progressive resizing, ``image_size`` is the mean training size: the cost of a step
     scales with the pixel count, so the calibration at full size is scaled by ``(S / size)**2``.
     """
+    # 24 timed steps after 6 of warm-up: with 8 after 2 the first steps' allocations made the median
+    # about 20% slow on a 2-core CPU, and a 150 s budget trained for only 116 s
     r = throughput(model_name, data, device=device, precision=precision, batch_size=batch_size,
-                   steps=8, warmup=2, include_tutorial=False)[0]
+                   steps=24, warmup=6, include_tutorial=False, model_kwargs=model_kwargs)[0]
     scale = (data.image_size / image_size) ** 2 if image_size else 1.0
     return max(0.05, safety * budget_seconds * r.images_per_s * scale / len(data.train_labels))
 
@@ -229,7 +233,8 @@ def time_to_accuracy(recipe: str, data_source: str, seeds: list[int], out_root: 
         sizes = cfg.progressive_sizes
         mean_size = (sum(v * v for v in sizes) / len(sizes)) ** 0.5 if sizes else None
         epochs = epochs_for_budget(cfg.model, data, budget_seconds, cfg.batch_size, device=cfg.device,
-                                   precision=cfg.precision, image_size=mean_size)
+                                   precision=cfg.precision, image_size=mean_size,
+                                   model_kwargs=cfg.model_kwargs)
         log.info("budget %.0f s -> %.2f epochs", budget_seconds, epochs)
     del data
     runs, last = [], None

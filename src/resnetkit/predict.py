@@ -139,7 +139,7 @@ def _model_device(model: nn.Module) -> torch.device:
 
 @torch.no_grad()
 def _classify(model: nn.Module, batch: torch.Tensor, sources: list[str], classes: list[str], k: int,
-              tta: bool, device: torch.device) -> list[Prediction]:
+              tta: bool | str, device: torch.device) -> list[Prediction]:
     logits = predict_logits(model, batch.to(device), device, "fp32", tta)
     probs = torch.softmax(logits.float(), dim=1).cpu()
     top_p, top_i = probs.topk(k, dim=1)
@@ -150,7 +150,7 @@ def _classify(model: nn.Module, batch: torch.Tensor, sources: list[str], classes
     return out
 
 
-def predict(model: nn.Module, images: Any, top_k: int = 5, tta: bool = False, batch_size: int = 256,
+def predict(model: nn.Module, images: Any, top_k: int = 5, tta: bool | str = False, batch_size: int = 256,
             device: str | torch.device | None = None) -> list[Prediction]:
     """Classify ``images`` with a model from :func:`resnetkit.load_checkpoint`.
 
@@ -179,7 +179,7 @@ def predict(model: nn.Module, images: Any, top_k: int = 5, tta: bool = False, ba
     return out
 
 
-def predict_paths(model: nn.Module, paths: Sequence[str | Path], top_k: int = 5, tta: bool = False,
+def predict_paths(model: nn.Module, paths: Sequence[str | Path], top_k: int = 5, tta: bool | str = False,
                   batch_size: int = 256, device: str | torch.device | None = None
                   ) -> tuple[list[Prediction], list[tuple[str, str]]]:
     """Like :func:`predict` on files, but an unreadable file is reported, not fatal.

@@ -1,13 +1,17 @@
 """The cpu-fast recipe resolves to its documented values; flags still override it."""
 
+import pytest
+
 from resnetkit.training.config import RECIPES, resolve_config
 
 
 def test_cpu_fast_recipe_values():
     cfg = resolve_config("cpu-fast")
-    assert (cfg.model, cfg.epochs, cfg.batch_size, cfg.lr) == ("resnet_cpu", 10, 256, 0.2)
-    assert (cfg.schedule, cfg.warmup_epochs, cfg.label_smoothing, cfg.weight_decay) == ("linear", 1, 0.2, 5e-4)
-    assert (cfg.crop_pad, cfg.crop_fill, cfg.flip, cfg.tta, cfg.eval_every) == (2, "reflect", "alternating", True, 0)
+    assert (cfg.model, cfg.model_kwargs, cfg.epochs, cfg.batch_size) == ("resnet_cpu", {"whiten": True}, 10, 256)
+    assert (cfg.lr, cfg.schedule, cfg.warmup_epochs) == (0.8, "linear", 0.3)
+    assert (cfg.label_smoothing, cfg.weight_decay) == (0.2, 5e-4)
+    assert (cfg.crop_pad, cfg.crop_fill, cfg.flip, cfg.tta, cfg.eval_every) == (
+        2, "reflect", "alternating", "flip-shift", 0)
     assert cfg.precision == "auto" and cfg.compile is False and cfg.recipe == "cpu-fast"
     assert "Jordan 2024" in RECIPES["cpu-fast"].doc
 
@@ -15,3 +19,19 @@ def test_cpu_fast_recipe_values():
 def test_cpu_fast_recipe_overrides():
     cfg = resolve_config("cpu-fast", epochs=3, batch_size=128, precision="fp32")
     assert (cfg.epochs, cfg.batch_size, cfg.precision, cfg.model) == (3, 128, "fp32", "resnet_cpu")
+
+
+def test_recipe_model_options_follow_the_model():
+    # another model does not get resnet_cpu's options; options given for resnet_cpu add to the recipe's
+    assert resolve_config("cpu-fast", model="resnet20").model_kwargs == {}
+    merged = resolve_config("cpu-fast", model_kwargs={"widths": [32, 64, 128]}).model_kwargs
+    assert merged == {"whiten": True, "widths": [32, 64, 128]}
+    assert resolve_config("cpu-fast", model_kwargs={"whiten": False}).model_kwargs == {"whiten": False}
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_a_run_cannot_change_a_recipe(recipe):
+    before = repr(RECIPES[recipe].values)
+    cfg = resolve_config(recipe)
+    cfg.model_kwargs["changed"] = 1
+    assert repr(RECIPES[recipe].values) == before

@@ -19,7 +19,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("checkpoint", help="a resnetkit checkpoint (last.pt / best.pt)")
     p.add_argument("--data", help="data source (default: the one the checkpoint was trained on)")
-    p.add_argument("--tta", action="store_true", help="average the predictions of each image and its mirror")
+    p.add_argument("--tta", nargs="?", const="flip", default="none", choices=api.TTA_MODES,
+                    help="test-time augmentation: 'flip' (what --tta alone means) averages each image and its "
+                         "mirror; 'flip-shift' adds both of them moved one pixel (six passes)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
                    help="auto (default): bf16 where it is faster than fp32, else fp32")
@@ -40,7 +42,7 @@ def main(args: argparse.Namespace) -> int:
                      worst=args.worst, weights=args.weights)
     print("\n".join(api.format_class_table(m)))  # '-': undefined (no test images, or never predicted)
     print(f"top-1 {m['top1']:.2%}  top-5 {m['top5']:.2%}  loss {m['loss']:.4f}  images {m['count']}"
-          f"{'  (flip TTA)' if m['tta'] else ''}{'  (EMA weights, --weights raw for the others)' if m['weights'] == 'ema' else ''}")
+          f"{'' if m['tta'] == 'none' else '  (' + m['tta'] + ' TTA)'}{'  (EMA weights, --weights raw for the others)' if m['weights'] == 'ema' else ''}")
     print(f"wrote {out / 'metrics.json'}, {out / 'confusion.png'} and {out / 'worst_errors.png'} "
           f"({len(m['worst_errors'])} most confidently wrong images)")
     return 0

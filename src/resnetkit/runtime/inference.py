@@ -18,14 +18,46 @@ from ..metrics import MetricAccumulator
 from .device import autocast
 
 
+TTA_MODES = ("none", "flip", "flip-shift")
+
+
+def tta_mode(tta: bool | str | None) -> str:
+    """``False``/``None`` -> "none", ``True`` -> "flip"; a mode name is checked and returned."""
+    if tta is None or tta is False:
+        return "none"
+    if tta is True:
+        return "flip"
+    if tta not in TTA_MODES:
+        raise UserError(f"<<tta>> is one of {', '.join(TTA_MODES)}, got {tta!r}")
+    return tta
+
+
+def _shift(x: torch.Tensor, d: int) -> torch.Tensor:
+    """``x`` moved ``d`` pixels down and right (up and left for ``d < 0``), edges reflected."""
+    h, w = x.shape[-2:]
+    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    return padded[..., 1 - d:1 - d + h, 1 - d:1 - d + w]
+
+
 @torch.no_grad()
 def predict_logits(model: nn.Module, x: torch.Tensor, device: torch.device, precision: str,
-                   tta: bool = False) -> torch.Tensor:
-    """Logits (fp32); with ``tta`` the mean of the image and its horizontal mirror."""
+                   tta: bool | str = False) -> torch.Tensor:
+    """Logits (fp32) of a batch, with test-time augmentation ``tta`` (see :func:`tta_mode`).
+
+    "flip" (or ``True``) averages the image and its mirror; "flip-shift" weights that pair 1/2
+    and the pairs of the image moved one pixel down-right and up-left 1/4 each (six passes; the
+    flip-and-translate TTA of Jordan 2024).
+    """
+    mode = tta_mode(tta)
+
+    def flip_mean(z: torch.Tensor) -> torch.Tensor:
+        out = model(z).float()
+        return out if mode == "none" else 0.5 * (out + model(torch.flip(z, dims=[3])).float())
+
     with autocast(device, precision):
-        logits = model(x).float()
-        if tta:
-            logits = 0.5 * (logits + model(torch.flip(x, dims=[3])).float())
+        logits = flip_mean(x)
+        if mode == "flip-shift" and min(x.shape[-2:]) > 1:
+            logits = 0.5 * logits + 0.25 * (flip_mean(_shift(x, 1)) + flip_mean(_shift(x, -1)))
     return logits
 
 
@@ -37,7 +69,7 @@ def evaluate(
     *,
     device: torch.device,
     precision: str,
-    tta: bool = False,
+    tta: bool | str = False,
     reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
     keep_logits: list[torch.Tensor] | None = None,
 ) -> dict:

@@ -6,12 +6,14 @@ arguments) override the recipe; ``None`` means "not given", so defaults never ov
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import UserError
+from ..runtime.inference import tta_mode
 from .loggers import check_installed
 
 
@@ -54,7 +56,7 @@ class TrainConfig:
     overwrite: bool = False
     checkpoint_every: int = 0
     eval_every: int = 1
-    tta: bool = False
+    tta: bool | str = False  # False, True (= "flip") or "flip-shift"
     max_steps: int | None = None
     stop_after_steps: int | None = None  # save last.pt and stop; unlike max_steps the schedule is unchanged
     log_steps: bool = False
@@ -134,14 +136,16 @@ _recipe(
 _recipe(
     "cpu-fast",
     "Shortest time to a good model on a CPU: resnet_cpu (patchify stem, ResNet-9 stages; about 6x "
-    "fewer multiply-adds than ResNet-20's full-resolution layers), batch 256, Nesterov SGD lr 0.2 (the fast "
-    "recipe's 0.4 at batch 512, linearly scaled; Goyal et al. 2017) with 1 warmup epoch then linear decay "
-    "(Smith 2018; Page 2018), weight decay 5e-4 except BatchNorm/bias, label smoothing 0.2 (hlb-CIFAR10), "
-    "2-pixel reflect-padded crop + alternating flip (Jordan 2024), flip TTA, precision and layout measured "
-    "(--precision auto), 10 epochs.",
-    model="resnet_cpu", epochs=10, batch_size=256, lr=0.2, momentum=0.9, nesterov=True, weight_decay=5e-4,
-    no_decay_1d=True, label_smoothing=0.2, schedule="linear", warmup_epochs=1, crop_pad=2,
-    crop_fill="reflect", flip="alternating", cutout=0, tta=True, eval_every=0, precision="auto",
+    "fewer multiply-adds than ResNet-20's full-resolution layers) with its stem set to the whitening "
+    "transform of the training patches and frozen (hlb-CIFAR10; Jordan 2024), batch 256, Nesterov SGD "
+    "lr 0.8 with 0.3 warmup epochs then linear decay (Smith 2018; Page 2018; the lr and warmup chosen "
+    "by measurement: docs/speed-cpu.md), weight decay 5e-4 except BatchNorm/bias, label smoothing 0.2 "
+    "(hlb-CIFAR10), 2-pixel reflect-padded crop + alternating flip (Jordan 2024), flip-and-shift TTA "
+    "(Jordan 2024), precision and layout measured (--precision auto), 10 epochs.",
+    model="resnet_cpu", model_kwargs={"whiten": True}, epochs=10, batch_size=256, lr=0.8, momentum=0.9,
+    nesterov=True, weight_decay=5e-4, no_decay_1d=True, label_smoothing=0.2, schedule="linear",
+    warmup_epochs=0.3, crop_pad=2, crop_fill="reflect", flip="alternating", cutout=0, tta="flip-shift",
+    eval_every=0, precision="auto",
 )
 
 
@@ -183,7 +187,12 @@ def resolve_config(recipe: str | None = None, **overrides: Any) -> TrainConfig:
     if unknown:
         raise UserError(f"unknown training option(s): {', '.join(unknown)}")
     given = {k: (os.fspath(v) if isinstance(v, os.PathLike) else v) for k, v in overrides.items() if v is not None}
-    values = {**RECIPES[name].values, **given}
+    recipe_values = copy.deepcopy(RECIPES[name].values)  # a run must never edit the recipe's dicts
+    if "model" in given and given["model"] != recipe_values.get("model"):
+        recipe_values.pop("model_kwargs", None)  # the recipe's model options are for its own model
+    elif "model_kwargs" in given:
+        given["model_kwargs"] = {**recipe_values.get("model_kwargs", {}), **given["model_kwargs"]}
+    values = {**recipe_values, **given}
     if "batch_size" in given and "adapt_batch" not in given:
         values["adapt_batch"] = False  # a batch the user chose is kept as it is
     cfg = TrainConfig(recipe=name, **values)
@@ -219,6 +228,7 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError(f"<<schedule>> must be constant, cosine, linear or step, got {cfg.schedule!r}")
     if cfg.flip not in ("random", "alternating", "none"):
         raise UserError(f"<<flip>> must be random, alternating or none, got {cfg.flip!r}")
+    tta_mode(cfg.tta)  # False, True, "none", "flip" or "flip-shift"
     if cfg.crop_fill not in ("zero", "reflect"):
         raise UserError(f"<<crop_fill>> must be zero or reflect, got {cfg.crop_fill!r}")
     if cfg.crop_pad < 0 or cfg.cutout < 0:
