@@ -17,7 +17,6 @@ from ..errors import UserError
 from ..metrics import MetricAccumulator
 from .device import autocast
 
-
 TTA_MODES = ("none", "flip", "flip-shift")
 
 
