@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from resnetkit.errors import UserError
 from resnetkit.models import create_model
 
 
@@ -41,11 +40,17 @@ def test_whitened_stem_is_frozen_and_plain_stem_is_not():
     assert plain.stem[0].weight.requires_grad and torch.equal(before, plain.stem[0].weight)
 
 
-def test_whiten_needs_an_even_stem_within_the_patch_dimension():
-    with pytest.raises(UserError, match="even stem_width"):
-        create_model("resnet_cpu", whiten=True, stem_width=23)
-    with pytest.raises(UserError, match="at most 24 stem channels"):
-        create_model("resnet_cpu", whiten=True, stem_width=32)
+@pytest.mark.parametrize(("in_channels", "stem_width"), [(1, 24), (3, 23), (3, 32), (1, 5)])
+def test_any_stem_width_and_channel_count_get_whitening_filters(in_channels, stem_width):
+    x = _correlated_images(50)[:, :in_channels]
+    m = create_model("resnet_cpu", whiten=True, in_channels=in_channels, stem_width=stem_width)
+    m.init_from_data(x)
+    w = m.stem[0].weight
+    assert w.shape[0] == stem_width and torch.isfinite(w).all()
+    k = min(stem_width // 2, 4 * in_channels)
+    torch.testing.assert_close(w[k:2 * k], -w[:k])
+    if stem_width > 2 * k:  # more channels than filters: the filters repeat
+        torch.testing.assert_close(w[2 * k:], w[:stem_width - 2 * k])
 
 
 def test_trainer_whitens_fresh_runs_and_keeps_the_stem_frozen(tmp_path):

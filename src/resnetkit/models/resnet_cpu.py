@@ -16,8 +16,9 @@ This network therefore
 With ``whiten=True`` the stem's 2x2 filters are not learned: :meth:`ResNetCPU.init_from_data`
 sets them once, before training, to the whitening transform of the training set's 2x2 patches
 (the eigenvectors of the patch covariance scaled by the inverse square root of their eigenvalues,
-each with its negative so the ReLU keeps both signs: patch-whitening initialisation, Page 2018's
-follow-ups, tysam-code's hlb-CIFAR10 2023 and Jordan 2024), and they stay frozen. The first layer
+each with its negative so the ReLU keeps both signs: patch whitening as in Coates and Ng 2011,
+used as a first-layer initialisation by tysam-code's hlb-CIFAR10 2023 and Jordan 2024), and they
+stay frozen. The first layer
 then sees decorrelated, unit-variance inputs from the first step, which speeds up the first epochs.
 
 BatchNorm uses a fast-moving average (PyTorch ``momentum`` 0.4, i.e. 0.6 of the old value kept)
@@ -74,12 +75,6 @@ class ResNetCPU(ClassifierAPI):
             raise ValueError(f"bn_momentum must be in (0, 1], got {bn_momentum}")
         self.in_channels = in_channels
         self.num_classes = num_classes
-        patch_dim = in_channels * 4
-        if whiten and stem_width % 2:
-            raise ValueError(f"whiten=True needs an even stem_width (filters come in +- pairs), got {stem_width}")
-        if whiten and stem_width > 2 * patch_dim:
-            raise ValueError(f"whiten=True gives at most {2 * patch_dim} stem channels for {in_channels} input "
-                             f"channels, got stem_width {stem_width}")
         self.whiten = whiten
         self.stem = nn.Sequential(nn.Conv2d(in_channels, stem_width, 2, stride=2, bias=False),
                                   nn.BatchNorm2d(stem_width, momentum=bn_momentum), nn.ReLU(inplace=True))
@@ -118,10 +113,14 @@ class ResNetCPU(ClassifierAPI):
         patches = patches - patches.mean(0)
         cov = patches.T @ patches / len(patches)
         eigval, eigvec = torch.linalg.eigh(cov.double())  # ascending
-        k = conv.out_channels // 2
-        eigval, eigvec = eigval.flip(0)[:k], eigvec.flip(1)[:, :k]  # the k directions of largest variance
+        # the k directions of largest variance, each with its negative; a stem wider than the 2 * 4C
+        # filters that exist (grayscale input: 8) repeats them
+        k = max(1, min(conv.out_channels // 2, conv.in_channels * 4))
+        eigval, eigvec = eigval.flip(0)[:k], eigvec.flip(1)[:, :k]
         filters = (eigvec / (eigval + eps).sqrt()).T.float().reshape(k, conv.in_channels, 2, 2)
-        conv.weight.copy_(torch.cat([filters, -filters]))
+        filters = torch.cat([filters, -filters])
+        reps = -(-conv.out_channels // len(filters))
+        conv.weight.copy_(filters.repeat(reps, 1, 1, 1)[:conv.out_channels])
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)

@@ -390,7 +390,8 @@ class Trainer:
             self.tested = (state.global_step, t, seconds,
                            self.evaluate(s.test_loader, s.ema.module) if s.ema is not None else None)
         final, eval_seconds, final_ema = self.tested[1], self.tested[2], self.tested[3]
-        train_seconds = sum(r["seconds"] for r in self.history) - self.compile_seconds
+        # the compile warm-up ran in setup, before the epoch clocks started: nothing to take off
+        train_seconds = sum(r["seconds"] for r in self.history)
         result = RunResult(
             out_dir=Path(self.cfg.out) if self.cfg.out else None, history=self.history, test=final,
             prep_seconds=s.prep_seconds, train_seconds=train_seconds, compile_seconds=self.compile_seconds,
