@@ -199,7 +199,8 @@ def test_gradients_command_compares_plain_and_residual(gradients) -> None:
         assert net["init"]["first_over_last"] == pytest.approx(
             net["records"][0]["grad_norm"][0] / net["records"][0]["grad_norm"][18])
     # same seed, same first batch, same initial weights: only the shortcuts differ
-    assert plain["records"][0]["weight_norm"] == res["records"][0]["weight_norm"]
+    # the same initial weights; the norms may differ in the last bit (threaded reductions)
+    assert plain["records"][0]["weight_norm"] == pytest.approx(res["records"][0]["weight_norm"], rel=1e-12)
     assert plain["records"][0]["grad_norm"] != res["records"][0]["grad_norm"]
 
 

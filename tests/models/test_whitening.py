@@ -56,7 +56,7 @@ def test_any_stem_width_and_channel_count_get_whitening_filters(in_channels, ste
 def test_trainer_whitens_fresh_runs_and_keeps_the_stem_frozen(tmp_path):
     import resnetkit
 
-    r = resnetkit.train("resnet_cpu", dataset="synthetic", epochs=1, batch_size=16, out=str(tmp_path / "run"),
+    r = resnetkit.train("resnet_cpu", dataset="synthetic", epochs=1, max_steps=3, batch_size=16, out=str(tmp_path / "run"),
                         model_kwargs={"whiten": True}, eval_every=0, progress=False, precision="fp32",
                         report=False)
     ckpt = torch.load(r.out_dir / "last.pt", weights_only=True)
