@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from .. import api
+from .options import add_tta
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -19,9 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("checkpoint", help="a resnetkit checkpoint (last.pt / best.pt)")
     p.add_argument("--data", help="data source (default: the one the checkpoint was trained on)")
-    p.add_argument("--tta", nargs="?", const="flip", default="none", choices=api.TTA_MODES,
-                    help="test-time augmentation: 'flip' (what --tta alone means) averages each image and its "
-                         "mirror; 'flip-shift' adds both of them moved one pixel (six passes)")
+    add_tta(p, default="none")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
                    help="auto (default): bf16 where it is faster than fp32, else fp32")

@@ -8,6 +8,7 @@ import json
 import sys
 
 from .. import api
+from .options import add_tta
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -22,9 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="image files, folders (searched recursively) or quoted glob patterns")
     p.add_argument("--top-k", type=int, default=5, help="how many classes to list per image (default 5)")
     p.add_argument("--format", choices=["table", "json", "csv"], default="table", help="output format")
-    p.add_argument("--tta", nargs="?", const="flip", default="none", choices=api.TTA_MODES,
-                    help="test-time augmentation: 'flip' (what --tta alone means) averages each image and its "
-                         "mirror; 'flip-shift' adds both of them moved one pixel (six passes)")
+    add_tta(p, default="none")
     p.add_argument("--grid", metavar="OUT.png", help="also save a grid of the images with their labels")
     p.add_argument("--batch-size", type=int, default=256, help="images per batch (default 256)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")

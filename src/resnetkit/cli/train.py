@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 from .. import api
+from .options import add_tta
 
 MAX_EPOCHS = 100_000  # far beyond any real run (the longest CIFAR recipes train a few thousand epochs)
 
@@ -158,9 +159,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="channels_last memory layout (auto: with bf16)")
     r.add_argument("--compile", action="store_true", default=None, help="torch.compile (compile time reported apart)")
     r.add_argument("--deterministic", action="store_true", default=None, help="deterministic algorithms only")
-    r.add_argument("--tta", nargs="?", const="flip", default=None, choices=api.TTA_MODES,
-                    help="test-time augmentation: 'flip' (what --tta alone means) averages each image and its "
-                         "mirror; 'flip-shift' adds both of them moved one pixel (six passes)")
+    add_tta(r, default=None)
     r.add_argument("--out", help="run directory (default: runs/MODEL-TIME)")
     r.add_argument("--overwrite", action="store_true", default=None, help="replace a run already in --out")
     r.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import CheckpointError, build_payload, load_model_weights, unwrap
-from ..data.augment import AugmentConfig
+from ..data.augment import AugmentConfig, normalize
 from ..data.dataset import ImageData
 from ..data.loader import DeviceLoader
 from ..data.mix import MixConfig, Mixer
@@ -102,14 +102,6 @@ def _split(data: ImageData, n_val: int, seed: int):
     return x[tr], y[tr], x[va], y[va]
 
 
-def _normalised_sample(images: torch.Tensor, mean, std, n: int = 5000) -> torch.Tensor:
-    """The first ``n`` training images as normalised fp32 (fixed, no RNG drawn: runs stay reproducible)."""
-    x = images[:n].float().div_(255)
-    m = torch.tensor(mean, dtype=x.dtype).view(1, -1, 1, 1)
-    s = torch.tensor(std, dtype=x.dtype).view(1, -1, 1, 1)
-    return (x - m) / s
-
-
 def build(cfg: TrainConfig, ckpt: dict | None, dist: DistContext, data: ImageData | None,
           progress: bool = False) -> Setup:
     device = resolve_device(cfg.device)
@@ -152,7 +144,9 @@ def build(cfg: TrainConfig, ckpt: dict | None, dist: DistContext, data: ImageDat
     elif cfg.pretrained and ckpt is not None:
         mean, std = tuple(ckpt["mean"]), tuple(ckpt["std"])
     if ckpt is None and not cfg.pretrained and hasattr(model, "init_from_data"):
-        model.init_from_data(_normalised_sample(tx, mean, std))  # e.g. resnet_cpu's patch-whitening stem
+        # e.g. resnet_cpu's patch-whitening stem, from the first 5,000 training images as the loader
+        # normalises them (fixed images, no RNG drawn: runs stay reproducible)
+        model.init_from_data(normalize(tx[:5000], mean, std))
     model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     optimizer = build_sgd(model, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.nesterov, cfg.no_decay_1d,
                           cfg.backbone_lr_mult)
