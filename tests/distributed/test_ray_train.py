@@ -50,20 +50,18 @@ def _ray_workers(marker: str) -> list[int]:
 
 
 def _ray_checkpoint_step(experiment: Path) -> int:
-    """The newest step among the checkpoints Ray registered in ``experiment`` (-1: none yet).
+    """The step of the latest checkpoint Ray registered in ``experiment`` (-1: none yet).
 
-    Ray's controller writes ``checkpoint_manager_snapshot.json`` when it registers a checkpoint,
-    that is once every worker's report reached it.
+    Ray's controller rewrites ``checkpoint_manager_snapshot.json`` each time it registers a
+    checkpoint, that is once every worker's report reached it; that snapshot, not the checkpoint
+    folders on disk, is what a restart resumes from (a worker's upload can be on disk before the
+    controller registers it: reading the folders made this test fail once).
     """
-    if not (experiment / "checkpoint_manager_snapshot.json").is_file():
+    try:
+        snapshot = json.loads((experiment / "checkpoint_manager_snapshot.json").read_text())
+        return int(snapshot["latest_checkpoint_result"]["metrics"]["global_step"])
+    except (OSError, ValueError, KeyError, TypeError):  # not written yet, or being written
         return -1
-    steps = [-1]
-    for last in experiment.glob("checkpoint_*/last.pt"):
-        try:
-            steps.append(int(peek(last)["global_step"]))
-        except Exception:  # being written or deleted
-            continue
-    return max(steps)
 
 
 def _kill_one_worker_after_ray_checkpoint(experiment: Path, last: Path, marker: str, killed: dict,
