@@ -24,7 +24,7 @@ from torch import nn
 
 from .analysis import meta_model, model_table, summarize
 from .benchmark import throughput, time_to_accuracy
-from .checkpoint import load_model
+from .checkpoint import load_model, peek
 from .data.prepare import prepare_data
 from .errors import UserError
 from .export import TOLERANCE, ExportResult, export_checkpoint, is_torchscript_export, load_export
@@ -100,7 +100,7 @@ def train(model: str | None = None, data: str | None = None, recipe: str | None 
     cfg = resolve_config(recipe, model=model, data=data, **options)
     result = fit(cfg, progress=progress, auto_resume=auto_resume)
     if report:
-        report_after_training(result.out_dir, command)
+        report_after_training(result.out_dir, command, result)
     return result
 
 
@@ -123,16 +123,55 @@ def recipe_defaults(recipe: str) -> dict[str, Any]:
     return resolve_recipe_defaults(recipe)
 
 
-def report_after_training(run_dir: Path | None, command: str | None = None) -> None:
-    """Write RUN_DIR/report.html (and command.txt) on rank 0; a failure is logged, never raised."""
+def report_after_training(run_dir: Path | None, command: str | None = None, result: RunResult | None = None) -> None:
+    """Write RUN_DIR/report.html (and command.txt) on rank 0; a failure is logged, never raised.
+
+    The run's ``eval/`` (per-class metrics, confusion matrix, worst errors) comes from the final
+    test pass of ``result`` when it kept its logits, so it holds the numbers training reported
+    (same weights, same test-time augmentation) without a second pass; otherwise ``last.pt`` is
+    evaluated again with the run's test-time augmentation. Files a previous run in the same
+    directory left in ``eval/`` and ``explain/`` are replaced.
+    """
     if run_dir is None or int(os.environ.get("RANK", "0")) != 0:
         return
+    run_dir = Path(run_dir)
     try:
         if command:
-            write_text(Path(run_dir) / "command.txt", command + "\n")
-        report([run_dir], Path(run_dir) / "report.html")
+            write_text(run_dir / "command.txt", command + "\n")
+        if result is None or not _eval_from_training(run_dir, result):
+            _evaluate_run(run_dir, fresh=True)
+        for old in [*(run_dir / "explain").glob("[0-9][0-9][0-9]-*.png"),
+                    *(run_dir / "explain").glob("[0-9][0-9][0-9]-*.npy")]:
+            old.unlink()
+        report([run_dir], run_dir / "report.html")
     except Exception as e:  # the run has finished and is saved: a report problem must not fail it
         log.warning("could not write %s/report.html: %s", run_dir, e)
+
+
+def _eval_from_training(run_dir: Path, result: RunResult) -> bool:
+    """Write RUN_DIR/eval/ from ``result``'s final test logits; False when it has none that fit."""
+    if result.test_logits is None or not (run_dir / "last.pt").is_file():
+        return False
+    model = load_checkpoint(run_dir / "last.pt", "cpu", "raw")  # the weights result.test measured
+    cfg = TrainConfig.from_dict(model.checkpoint_meta["config"])
+    ds = prepare_data(cfg.data, dataset=cfg.dataset, image_size=cfg.image_size, skip_bad_images=cfg.skip_bad_images,
+                      test_split=cfg.test_split, test_split_seed=cfg.test_split_seed)
+    if len(ds.test_labels) != len(result.test_logits) or list(ds.classes) != list(model.classes):
+        return False
+    out = run_dir / "eval"
+    _make_eval_out(out)
+    _complete_metrics(dict(result.test), result.test_logits, ds, model, resolve_device(cfg.device),
+                      run_dir / "last.pt", cfg.data, tta_mode(cfg.tta), out, 24)
+    return True
+
+
+def _evaluate_run(run_dir: Path, fresh: bool = False) -> None:
+    """Evaluate a run's ``last.pt`` into RUN_DIR/eval/ as training did (its test-time augmentation),
+    unless (and ``fresh`` is false) an evaluation with per-class metrics is already there."""
+    ev = run_dir / "eval" / "metrics.json"
+    if fresh or not ev.is_file() or "per_class_metrics" not in ev.read_text():
+        tta = TrainConfig.from_dict(peek(run_dir / "last.pt")["config"]).tta
+        evaluate(run_dir / "last.pt", out=run_dir / "eval", device="cpu", tta=tta, overwrite=True)
 
 
 def resume(run_dir: str | Path, *, progress: bool | None = None, report: bool = False, command: str | None = None,
@@ -146,7 +185,7 @@ def resume(run_dir: str | Path, *, progress: bool | None = None, report: bool = 
     """
     result = fit(resume=run_dir, resume_overrides=overrides, progress=interactive() if progress is None else progress)
     if report:
-        report_after_training(result.out_dir, command)
+        report_after_training(result.out_dir, command, result)
     return result
 
 
@@ -207,9 +246,17 @@ def evaluate(checkpoint: str | Path, data: str | None = None, *, tta: bool | str
     kept: list[torch.Tensor] = []
     metrics = evaluate_loader(model, loader, len(model.classes), device=dev, precision=prec, tta=tta,
                               keep_logits=kept)
-    metrics.update(evaluation_extras(metrics["confusion"], torch.cat(kept), ds.test_labels, ds.test_images,
+    metrics["train_tta"] = tta_mode(cfg.tta)  # how training's own test passes were made
+    return _complete_metrics(metrics, torch.cat(kept), ds, model, dev, checkpoint, source, tta, out, worst)
+
+
+def _complete_metrics(metrics: dict, logits: torch.Tensor, ds: Any, model: nn.Module, device: torch.device,
+                      checkpoint: str | Path, source: str, tta: str, out: Path | None, worst: int) -> dict:
+    """A test pass's ``metrics`` plus per-class P/R/F1, worst errors and the facts of the run; with
+    ``out``, written there (``metrics.json``, ``confusion.png``, ``worst_errors.png``)."""
+    metrics.update(evaluation_extras(metrics["confusion"], logits, ds.test_labels, ds.test_images,
                                      model.classes, out, worst))
-    metrics.update(parameters=sum(p.numel() for p in model.parameters()), hardware=hardware(dev),
+    metrics.update(parameters=sum(p.numel() for p in model.parameters()), hardware=hardware(device),
                    checkpoint_bytes=Path(checkpoint).stat().st_size)
     metrics.update(classes=list(model.classes), checkpoint=str(checkpoint), data=str(source), tta=tta,
                    weights=model.weights)
@@ -370,9 +417,7 @@ def report(run_dirs: Sequence[str | Path], out: str | Path | None = None, *, cam
     for run in runs:
         if not (run / "last.pt").is_file():
             raise UserError(f"{run} holds no last.pt; give the run directory of a finished training run")
-        ev = run / "eval" / "metrics.json"
-        if not ev.is_file() or "per_class_metrics" not in ev.read_text():
-            evaluate(run / "last.pt", out=run / "eval", device="cpu")
+        _evaluate_run(run)
         if cams > 0 and not any((run / "explain").glob("*.png")):
             model = load_checkpoint(run / "last.pt")
             cfg = TrainConfig.from_dict(model.checkpoint_meta["config"])

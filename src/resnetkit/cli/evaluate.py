@@ -42,6 +42,9 @@ def main(args: argparse.Namespace) -> int:
     print("\n".join(api.format_class_table(m)))  # '-': undefined (no test images, or never predicted)
     print(f"top-1 {m['top1']:.2%}  top-5 {m['top5']:.2%}  loss {m['loss']:.4f}  images {m['count']}"
           f"{'' if m['tta'] == 'none' else '  (' + m['tta'] + ' TTA)'}{'  (EMA weights, --weights raw for the others)' if m['weights'] == 'ema' else ''}")
+    if m["tta"] != m["train_tta"]:
+        print(f"(training measured its test accuracy with --tta {m['train_tta']}; pass it here to compare)"
+              if m["train_tta"] != "none" else "(training measured its test accuracy without TTA)")
     print(f"wrote {out / 'metrics.json'}, {out / 'confusion.png'} and {out / 'worst_errors.png'} "
           f"({len(m['worst_errors'])} most confidently wrong images)")
     return 0

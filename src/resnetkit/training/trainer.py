@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..checkpoint import peek, unwrap
 from ..data.dataset import ImageData
 from ..errors import UserError
@@ -65,6 +67,9 @@ class RunResult:
     precision: str = ""  # as resolved (``auto`` made concrete)
     channels_last: bool = False
     test_ema: dict | None = None  # the EMA weights' test metrics (runs with --ema)
+    # the final test pass's fp32 logits in test-split order (single-process runs; None under DDP),
+    # so the run's evaluation files can be written without a second pass
+    test_logits: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def test_top1(self) -> float:
@@ -216,6 +221,7 @@ class Trainer:
         self.compile_seconds = 0.0
         # (global step, metrics, seconds, EMA metrics or None) of the last test pass
         self.tested: tuple[int, dict, float, dict | None] | None = None
+        self.test_logits: torch.Tensor | None = None  # of the newest test pass (see evaluate)
         self.signal: str | None = None  # the name of a SIGTERM/SIGINT received
         self.vote = dist_ctx.stop_vote()  # under DDP every rank stops after the same step
         self.bar: Any = None
@@ -251,12 +257,21 @@ class Trainer:
             s.dist.sync_buffers(s.model)  # every rank averages rank 0's BatchNorm statistics
             s.ema.update(unwrap(s.model))
 
-    def evaluate(self, loader, model=None) -> dict:
-        """Metrics of the model (or ``model``, e.g. the EMA weights) on ``loader``."""
+    def evaluate(self, loader, model=None, keep: bool = False) -> dict:
+        """Metrics of the model (or ``model``, e.g. the EMA weights) on ``loader``.
+
+        ``keep`` (the test split's passes) keeps the logits in ``self.test_logits`` on a
+        single-process run, where the loader holds the whole split in order.
+        """
         s = self.setup
         s.dist.sync_buffers(s.model)  # evaluate rank 0's BatchNorm statistics: the checkpoint's
-        return evaluate(model if model is not None else s.model, loader, s.data.num_classes, device=s.device, precision=s.precision,
-                        tta=self.cfg.tta, reduce=s.dist.all_reduce_sum if s.dist.enabled else None)
+        kept: list[torch.Tensor] | None = [] if keep and not s.dist.enabled else None
+        m = evaluate(model if model is not None else s.model, loader, s.data.num_classes, device=s.device,
+                     precision=s.precision, tta=self.cfg.tta, reduce=s.dist.all_reduce_sum if s.dist.enabled else None,
+                     keep_logits=kept)
+        if keep:
+            self.test_logits = torch.cat(kept) if kept else None
+        return m
 
     def after_step(self, st: StepState, probe) -> bool:
         """Called by the loop after every step; True stops the epoch."""
@@ -334,7 +349,7 @@ class Trainer:
             self.best["weights"] = "ema"  # no validation split: the average, as usual
         if last_epoch or (cfg.eval_every and (state.epoch + 1) % cfg.eval_every == 0):
             e0 = time.perf_counter()
-            t = self.evaluate(s.test_loader)
+            t = self.evaluate(s.test_loader, keep=True)
             self.tested = (state.global_step, t, time.perf_counter() - e0, None)
             row.update(test_loss=t["loss"], test_acc=t["top1"], test_top5=t["top5"])
             if s.ema is not None:
@@ -385,7 +400,7 @@ class Trainer:
         # the last epoch's test pass already saw these weights unless training went on after it
         if self.tested is None or self.tested[0] != state.global_step:
             e0 = time.perf_counter()
-            t = self.evaluate(s.test_loader)
+            t = self.evaluate(s.test_loader, keep=True)
             seconds = time.perf_counter() - e0
             self.tested = (state.global_step, t, seconds,
                            self.evaluate(s.test_loader, s.ema.module) if s.ema is not None else None)
@@ -397,7 +412,7 @@ class Trainer:
             prep_seconds=s.prep_seconds, train_seconds=train_seconds, compile_seconds=self.compile_seconds,
             wall_seconds=time.perf_counter() - wall0, config=self.cfg.to_dict(), classes=s.data.classes,
             eval_seconds=eval_seconds, precision=s.precision, channels_last=s.channels_last,
-            test_ema=final_ema,
+            test_ema=final_ema, test_logits=self.test_logits,
         )
         if self.writer is not None:
             self.writer.finish(result)
