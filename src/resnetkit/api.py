@@ -56,7 +56,8 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "BATCH_FRACTION", "RESUME_OVERRIDABLE", "ExportResult", "Prediction", "Recipe", "RunResult", "__version__",
-    "TTA_MODES", "bench_throughput", "bench_time_to_accuracy", "cpu_facts", "draw_grid", "evaluate", "explain", "export",
+    "TTA_MODES", "bench_throughput", "bench_time_to_accuracy", "cpu_facts", "default_eval_out", "draw_grid", "evaluate",
+    "explain", "export",
     "format_class_table", "list_recipes", "load_checkpoint", "lr_find", "machine_info", "model_summary",
     "model_table", "precision_probe", "predict", "predict_files", "recipe_defaults", "report", "resume", "save_json",
     "study_degradation", "study_gradients", "train", "train_on_ray",
@@ -270,6 +271,19 @@ def _complete_metrics(metrics: dict, logits: torch.Tensor, ds: Any, model: nn.Mo
 
 
 EVAL_FILES = ("metrics.json", "confusion.png", "worst_errors.png")
+
+
+def default_eval_out(checkpoint: str | Path) -> Path:
+    """Where ``resnetkit eval`` writes without ``--out``: CHECKPOINT_DIR/eval, or eval-2, eval-3, ...
+    when that already holds an evaluation (training's report writes RUN_DIR/eval), so a default
+    evaluation never replaces an earlier one and never refuses to run."""
+    parent = Path(checkpoint).parent
+    n = 1
+    while True:
+        out = parent / ("eval" if n == 1 else f"eval-{n}")
+        if not out.exists() or (out.is_dir() and not any((out / f).exists() for f in EVAL_FILES)):
+            return out
+        n += 1
 
 
 def _check_eval_out(out: Path, overwrite: bool) -> Path:

@@ -65,3 +65,18 @@ def test_overwritten_run_leaves_no_stale_evaluation(tmp_path: Path) -> None:
     assert ev["top1"] == result["test"]["top1"] != -1.0
     assert not (out / "explain" / "999-old.png").exists()
     assert len(list((out / "explain").glob("*.png"))) == min(8, len(ev["classes"]))  # the report draws 8
+
+
+def test_default_eval_after_training_writes_beside_the_reports_evaluation(tmp_path: Path, capsys) -> None:
+    """`resnetkit eval RUN/best.pt` right after `resnetkit train` (the README's order) runs: training's
+    report holds RUN/eval, so the evaluation goes to RUN/eval-2, then RUN/eval-3; nothing is replaced."""
+    out = tmp_path / "run"
+    _train(out, tta="none")
+    before = (out / "eval" / "metrics.json").read_bytes()
+    for n in (2, 3):
+        assert main(["eval", str(out / "best.pt"), "--device", "cpu"]) == 0
+        assert f"wrote {out / f'eval-{n}' / 'metrics.json'}" in capsys.readouterr().out
+    assert (out / "eval" / "metrics.json").read_bytes() == before
+    ev = json.loads((out / "eval-3" / "metrics.json").read_text())
+    # best.pt holds last.pt's weights here, no TTA either side; the batches differ (last-bit rounding)
+    assert abs(ev["top1"] - json.loads(before)["top1"]) <= 1 / ev["count"]

@@ -28,14 +28,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", choices=["auto", "raw", "ema"], default="auto",
                    help="auto (default): the EMA weights when the checkpoint has them (trained with --ema)")
     p.add_argument("--out", help="folder for metrics.json, confusion.png and worst_errors.png "
-                                 "(default: CHECKPOINT_DIR/eval)")
+                                 "(default: CHECKPOINT_DIR/eval, or eval-2, eval-3, ... when that holds an "
+                                 "earlier evaluation)")
     p.add_argument("--overwrite", action="store_true", help="replace the files of an earlier evaluation in --out")
     p.add_argument("--worst", type=int, default=24, help="how many most confidently wrong images to show (default 24)")
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
-    out = Path(args.out) if args.out else Path(args.checkpoint).parent / "eval"
+    out = Path(args.out) if args.out else api.default_eval_out(args.checkpoint)
     m = api.evaluate(args.checkpoint, args.data, tta=args.tta, device=args.device, batch_size=args.batch_size,
                      precision=args.precision, out=out, overwrite=args.overwrite, progress=sys.stderr.isatty(),
                      worst=args.worst, weights=args.weights)
