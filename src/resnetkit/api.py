@@ -139,31 +139,43 @@ def report_after_training(run_dir: Path | None, command: str | None = None, resu
     try:
         if command:
             write_text(run_dir / "command.txt", command + "\n")
-        if result is None or not _eval_from_training(run_dir, result):
+        ds = _eval_from_training(run_dir, result) if result is not None else None
+        if ds is None:
             _evaluate_run(run_dir, fresh=True)
         for old in [*(run_dir / "explain").glob("[0-9][0-9][0-9]-*.png"),
                     *(run_dir / "explain").glob("[0-9][0-9][0-9]-*.npy")]:
             old.unlink()
+        _explain_run(run_dir, REPORT_CAMS, ds)
         report([run_dir], run_dir / "report.html")
     except Exception as e:  # the run has finished and is saved: a report problem must not fail it
         log.warning("could not write %s/report.html: %s", run_dir, e)
 
 
-def _eval_from_training(run_dir: Path, result: RunResult) -> bool:
-    """Write RUN_DIR/eval/ from ``result``'s final test logits; False when it has none that fit."""
+REPORT_CAMS = 8  # Grad-CAM maps in a report: the first test image of each of the first 8 classes
+
+
+def _run_data(cfg: TrainConfig) -> Any:
+    """The data of a run as its training prepared it: the same cache entry, the same test split
+    (one held out with ``test_split`` is carved again, identically)."""
+    return prepare_data(cfg.data, dataset=cfg.dataset, image_size=cfg.image_size, skip_bad_images=cfg.skip_bad_images,
+                        test_split=cfg.test_split, test_split_seed=cfg.test_split_seed)
+
+
+def _eval_from_training(run_dir: Path, result: RunResult) -> Any:
+    """Write RUN_DIR/eval/ from ``result``'s final test logits and return the run's data; None when
+    it has no logits that fit."""
     if result.test_logits is None or not (run_dir / "last.pt").is_file():
-        return False
+        return None
     model = load_checkpoint(run_dir / "last.pt", "cpu", "raw")  # the weights result.test measured
     cfg = TrainConfig.from_dict(model.checkpoint_meta["config"])
-    ds = prepare_data(cfg.data, dataset=cfg.dataset, image_size=cfg.image_size, skip_bad_images=cfg.skip_bad_images,
-                      test_split=cfg.test_split, test_split_seed=cfg.test_split_seed)
+    ds = _run_data(cfg)
     if len(ds.test_labels) != len(result.test_logits) or list(ds.classes) != list(model.classes):
-        return False
+        return None
     out = run_dir / "eval"
     _make_eval_out(out)
     _complete_metrics(dict(result.test), result.test_logits, ds, model, resolve_device(cfg.device),
                       run_dir / "last.pt", cfg.data, tta_mode(cfg.tta), out, 24)
-    return True
+    return ds
 
 
 def _evaluate_run(run_dir: Path, fresh: bool = False) -> None:
@@ -418,7 +430,7 @@ def explain(checkpoint: str | Path, images: Any, *, target_class: int | str | No
     return result
 
 
-def report(run_dirs: Sequence[str | Path], out: str | Path | None = None, *, cams: int = 8) -> Path:
+def report(run_dirs: Sequence[str | Path], out: str | Path | None = None, *, cams: int = REPORT_CAMS) -> Path:
     """One self-contained HTML report of one run, or a comparison of several; returns its path.
 
     A run without ``eval/metrics.json`` is first evaluated (``last.pt`` on its test split) and
@@ -433,15 +445,20 @@ def report(run_dirs: Sequence[str | Path], out: str | Path | None = None, *, cam
             raise UserError(f"{run} holds no last.pt; give the run directory of a finished training run")
         _evaluate_run(run)
         if cams > 0 and not any((run / "explain").glob("*.png")):
-            model = load_checkpoint(run / "last.pt")
-            cfg = TrainConfig.from_dict(model.checkpoint_meta["config"])
-            ds = prepare_data(cfg.data, dataset=cfg.dataset, image_size=cfg.image_size,
-                              skip_bad_images=cfg.skip_bad_images)
-            firsts = [int((ds.test_labels == c).nonzero()[0]) for c in range(len(ds.classes))
-                      if bool((ds.test_labels == c).any())][:cams]
-            write_explanations(explain_images(model, [ds.test_images[i] for i in firsts]), run / "explain")
+            _explain_run(run, cams)
     out = Path(out) if out is not None else (runs[0] / "report.html" if len(runs) == 1 else Path("report.html"))
     return render_report([load_run(r) for r in runs], out)
+
+
+def _explain_run(run: Path, cams: int, ds: Any = None) -> None:
+    """Grad-CAM maps of the first test image of each class (at most ``cams``) into RUN/explain/;
+    ``ds``: the run's data when the caller already prepared it."""
+    model = load_checkpoint(run / "last.pt")
+    if ds is None:
+        ds = _run_data(TrainConfig.from_dict(model.checkpoint_meta["config"]))
+    firsts = [int((ds.test_labels == c).nonzero()[0]) for c in range(len(ds.classes))
+              if bool((ds.test_labels == c).any())][:cams]
+    write_explanations(explain_images(model, [ds.test_images[i] for i in firsts]), run / "explain")
 
 
 def lr_find(model: str | nn.Module = "resnet20", data: str = "synthetic", **options: Any) -> LrFindResult:

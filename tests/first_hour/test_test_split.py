@@ -97,6 +97,10 @@ def test_run_records_the_split_and_eval_uses_it(train_only: Path, tmp_path: Path
     assert recorded["test_split"] == {"fraction": 0.2, "seed": 5, "images": 5}
     assert (recorded["config"]["test_split"], recorded["config"]["test_split_seed"]) == (0.2, 5)
     trained = json.loads((run / "result.json").read_text())["test"]
+    # the report's evaluation and Grad-CAM maps use the held-out split too (there is no test/ folder)
+    assert (run / "report.html").is_file()
+    assert json.loads((run / "eval" / "metrics.json").read_text())["count"] == 5
+    assert len(list((run / "explain").glob("*.png"))) == 2  # one per class held out (the lone ship stays in train)
     monkeypatch.setenv("RESNETKIT_CACHE", str(tmp_path / "fresh"))  # eval carves again, not from train's cache
     metrics = resnetkit.evaluate(run / "best.pt", device="cpu", precision="fp32")
     assert sum(map(sum, metrics["confusion"])) == 5  # the 4 + 1 held-out images, not the 28 of train/

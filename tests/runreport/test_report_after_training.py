@@ -40,7 +40,7 @@ def test_eval_files_come_from_the_final_test_pass(tmp_path: Path, monkeypatch: p
 
 def test_without_logits_last_pt_is_evaluated_as_training_did(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                              capsys: pytest.CaptureFixture) -> None:
-    monkeypatch.setattr(api, "_eval_from_training", lambda *_a: False)  # e.g. a DDP run
+    monkeypatch.setattr(api, "_eval_from_training", lambda *_a: None)  # e.g. a DDP run
     result, ev = _train(tmp_path / "run")
     assert ev["tta"] == "flip-shift"
     assert ev["count"] == result["test"]["count"]
