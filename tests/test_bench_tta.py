@@ -1,8 +1,14 @@
 """bench time-to-accuracy: mean +- std of accuracy and split times over seeds, and the --target check."""
 
 import json
+import time
+import types
 
-from resnetkit.benchmark import _target_time, time_to_accuracy
+import pytest
+import torch
+
+from resnetkit import benchmark
+from resnetkit.benchmark import Throughput, _target_time, _time_steps, calibration_seconds, time_to_accuracy
 from resnetkit.cli import main
 
 
@@ -43,3 +49,37 @@ def test_cli_time_to_accuracy_json(tmp_path, capsys):
     assert {"prep_seconds_mean", "train_seconds_mean", "eval_seconds_mean", "precision", "cpu"} <= set(res)
     text = capsys.readouterr().out
     assert "prep s" in text and "reached in" in text
+
+
+def test_calibration_times_at_least_two_percent_of_the_budget():
+    assert calibration_seconds(100) == 3.0 and calibration_seconds(300) == 6.0
+    assert calibration_seconds(600) == 12.0 and calibration_seconds(3600) == 15.0
+
+
+def test_time_steps_runs_past_the_step_count_until_min_seconds():
+    model = torch.nn.Linear(4, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    batch = (torch.randn(8, 4), torch.randint(0, 2, (8,)))
+
+    def slow(x, y):  # a step of about 20 ms, so 3 steps cannot make 0.15 s
+        time.sleep(0.02)
+        return x, y
+
+    batches = iter(lambda: batch, None)
+    times = _time_steps(model, opt, batches, torch.device("cpu"), "fp32", 1, 3, prepare=slow, min_seconds=0.15)
+    assert len(times) > 3 and sum(times) >= 0.15 and len(times) < 20
+    assert len(_time_steps(model, opt, batches, torch.device("cpu"), "fp32", 1, 3, prepare=slow)) == 3
+
+
+def test_budget_epochs_follow_the_calibrated_rate(monkeypatch):
+    seen = {}
+
+    def fake_throughput(*args, **kwargs):
+        seen.update(kwargs)
+        return [Throughput("resnetkit", 256, "fp32", False, 1000.0, 256.0)]
+
+    monkeypatch.setattr(benchmark, "throughput", fake_throughput)
+    data = types.SimpleNamespace(train_labels=torch.zeros(50_000), image_size=32)
+    epochs = benchmark.epochs_for_budget("resnet_cpu", data, 300, 256)
+    assert epochs == pytest.approx(0.92 * 300 * 1000 / 50_000)  # 5.52 epochs of 50,000 at 1,000 img/s
+    assert seen["min_seconds"] == 6.0 and seen["include_ceiling"] is False and seen["steps"] >= 24
