@@ -31,7 +31,7 @@ from .errors import UserError
 from .models import create_model
 from .runtime.device import autocast, resolve_device, synchronize
 from .runtime.loaders import batch_dtype
-from .runtime.probe import cpu_model_and_flags, resolve_precision_layout
+from .runtime.probe import cpu_isa, cpu_label, cpu_model_and_flags, resolve_precision_layout
 from .training.config import resolve_config
 from .training.optim import build_sgd
 from .training.trainer import fit
@@ -270,7 +270,8 @@ def time_to_accuracy(recipe: str, data_source: str, seeds: list[int], out_root: 
                  "epochs": runs[0].epochs if runs else epochs, "budget_seconds": budget_seconds, "seeds": seeds,
                  "precision": last.precision if last else None,
                  "channels_last": last.channels_last if last else None,
-                 "cpu": cpu_model_and_flags()[0], "threads": torch.get_num_threads(),
+                 "cpu": cpu_label(), "cpu_flags": cpu_isa(cpu_model_and_flags()[1]),
+                 "threads": torch.get_num_threads(),
                  "first_prep_seconds": first_prep, "runs": [r.__dict__ for r in runs]}
     for name, attr in (("top1", "top1"), ("train_seconds", "train_seconds"), ("prep_seconds", "prep_seconds"),
                        ("eval_seconds", "eval_seconds"), ("compile_seconds", "compile_seconds"),

@@ -134,3 +134,15 @@ def test_real_timer_leaves_the_global_rng_untouched():
     torch.manual_seed(1234)
     assert timer("fp32", False, 2, 1) > 0
     assert torch.equal(torch.rand(4), expected)
+
+
+@pytest.mark.parametrize("flags, label", [
+    ("fpu sse avx2 fma", "AMD EPYC (avx2)"),
+    ("avx2 avx512f avx512bw avx512_bf16 avx512_vnni", "AMD EPYC (avx512_bf16)"),
+    ("avx2 avx512f avx512bw", "AMD EPYC (avx512f)"),
+    ("avx2 avx512f avx512_bf16 amx_bf16 amx_tile", "AMD EPYC (avx512_bf16, amx_bf16)"),
+    ("fpu sse", "AMD EPYC"),
+])
+def test_cpu_label_tells_apart_cpus_with_the_same_model_name(flags, label):
+    # a virtual machine may name an AVX2-only EPYC and one with AVX-512 BF16 both just "AMD EPYC"
+    assert probe.cpu_label(f"model name\t: AMD EPYC\nflags\t\t: {flags}\n") == label

@@ -14,6 +14,7 @@ import torch
 
 from ..metrics import most_confident_errors, precision_recall_f1
 from ..plots import plot_gallery
+from ..runtime.probe import cpu_label
 
 GALLERY = "worst_errors.png"
 
@@ -62,16 +63,8 @@ def format_class_table(metrics: dict) -> list[str]:
 
 
 def hardware(device: Any = None) -> dict:
-    """The machine an evaluation ran on: CPU model, cores, torch threads, the GPU if one was used."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    """The machine an evaluation ran on: CPU model and its bf16/vector flags, cores, torch threads, the GPU if one was used."""
+    info = {"cpu": cpu_label(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "os": platform.platform(terse=True), "device": str(device) if device is not None else "cpu"}
     if device is not None and torch.device(device).type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))

@@ -93,6 +93,26 @@ def cpu_model_and_flags(cpuinfo: str | None = None) -> tuple[str, list[str]]:
     return model or platform.processor() or platform.machine(), flags
 
 
+def cpu_isa(flags: list[str]) -> list[str]:
+    """The bf16 matrix flags a CPU has (``avx512_bf16``, ``amx_bf16``), else its widest vector flag.
+
+    ``model name`` alone does not tell CPUs apart (a virtual machine may show just "AMD EPYC" for
+    an AVX2-only part and for one with AVX-512 BF16), and these flags decide what bf16 can gain.
+    """
+    have = set(flags)
+    isa = [f for f in ("avx512_bf16", "amx_bf16") if f in have]
+    if not isa:
+        isa = ["avx512f"] if "avx512f" in have else ["avx2"] if "avx2" in have else []
+    return isa
+
+
+def cpu_label(cpuinfo: str | None = None) -> str:
+    """``"AMD EPYC (avx512_bf16)"``: the CPU model with :func:`cpu_isa`, for naming the hardware of a figure."""
+    model, flags = cpu_model_and_flags(cpuinfo)
+    isa = cpu_isa(flags)
+    return f"{model} ({', '.join(isa)})" if isa else model
+
+
 def probe_key(model_name: str, model_kwargs: dict, batch_size: int, image_size: int, *,
               cpuinfo: str | None = None) -> dict[str, Any]:
     """What a cached decision depends on: CPU model + flags hash, threads, torch, model, batch, size."""
