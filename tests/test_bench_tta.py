@@ -76,10 +76,11 @@ def test_budget_epochs_follow_the_calibrated_rate(monkeypatch):
 
     def fake_throughput(*args, **kwargs):
         seen.update(kwargs)
-        return [Throughput("resnetkit", 256, "fp32", False, 1000.0, 256.0)]
+        return [Throughput("resnetkit", 256, "fp32", False, 1250.0, 204.8, mean_images_per_s=1000.0)]
 
     monkeypatch.setattr(benchmark, "throughput", fake_throughput)
     data = types.SimpleNamespace(train_labels=torch.zeros(50_000), image_size=32)
     epochs = benchmark.epochs_for_budget("resnet_cpu", data, 300, 256)
-    assert epochs == pytest.approx(0.92 * 300 * 1000 / 50_000)  # 5.52 epochs of 50,000 at 1,000 img/s
+    # 5.52 epochs of 50,000 at the mean rate of 1,000 img/s, not the median step's 1,250
+    assert epochs == pytest.approx(0.92 * 300 * 1000 / 50_000)
     assert seen["min_seconds"] == 6.0 and seen["include_ceiling"] is False and seen["steps"] >= 24
