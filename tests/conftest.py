@@ -30,6 +30,17 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     monkeypatch.setenv("RESNETKIT_PRECISION_PROBE", "off")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _probe_off_for_shared_fixtures():
+    """The probe is off for module- and session-scoped fixtures too: they are set up before the
+    per-test one above. A study run in a module fixture otherwise timed its tiny model, and where
+    contiguous and channels_last time alike (an AVX-512 CPU) it could pick another layout than the
+    test's own run and round differently."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RESNETKIT_PRECISION_PROBE", "off")
+        yield
+
+
 @pytest.fixture(scope="session")
 def cifar_jpeg() -> Path:
     """Path of ../shared/data/cifar10-jpeg.tar.gz; tests needing it skip when it is absent."""
