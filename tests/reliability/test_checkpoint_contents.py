@@ -95,3 +95,27 @@ def test_the_loader_is_epoch_seeded_and_needs_no_rng_state() -> None:
     other = DeviceLoader(images, labels, batch_size=16, seed=5)
     other.set_epoch(4)
     assert not torch.equal(next(iter(other))[1], full[0][1])  # a different epoch is a different order
+
+
+def test_a_resume_keeps_the_precision_and_layout_auto_resolved_to(tmp_path: Path, monkeypatch) -> None:
+    """``auto`` is resolved once, when the run starts: a resume must not ask the probe again, whose
+    answer may differ after a cleared cache or on a near tie, and would change the kernels."""
+    from resnetkit.training import setup as setup_mod
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(setup_mod, "resolve_precision_layout", lambda *a, **k: ("fp32", False))
+    resnetkit.train(**{**BASE, "epochs": 2, "precision": "auto", "stop_after_steps": 5}, out=str(out))
+    ckpt = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
+    assert ckpt["resolved_precision"] == {"precision": "fp32", "channels_last": False, "device_type": "cpu"}
+    assert ckpt["config"]["precision"] == "auto"  # the settings keep what was asked
+
+    def probe_again(*a, **k):
+        raise AssertionError("a resume ran the precision probe again")
+
+    monkeypatch.setattr(setup_mod, "resolve_precision_layout", probe_again)
+    result = resnetkit.resume(str(out))
+    assert (result.precision, result.channels_last) == ("fp32", False) and result.history[-1]["step"] == 16
+    # a new run asks the probe
+    monkeypatch.setattr(setup_mod, "resolve_precision_layout", lambda *a, **k: ("fp32", True))
+    fresh = resnetkit.train(**{**BASE, "epochs": 1, "precision": "auto"}, out=str(tmp_path / "new"))
+    assert fresh.channels_last is True

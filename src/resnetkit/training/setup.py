@@ -68,12 +68,16 @@ class Setup:
         """The checkpoint dict (:func:`resnetkit.checkpoint.build_payload`) of this run at ``state``."""
         progress = {"epoch": state.epoch, "step_in_epoch": state.step_in_epoch, "global_step": state.global_step,
                     "epoch_done": epoch_done, "best": best, "history": history}
-        return build_payload(self.model, self.optimizer, model_name=self.cfg.model, config=self.cfg.to_dict(),
+        payload = build_payload(self.model, self.optimizer, model_name=self.cfg.model, config=self.cfg.to_dict(),
                              progress=progress, rng=rng_state(), classes=self.data.classes, mean=self.mean,
                              std=self.std, image_size=self.data.image_size,
                              in_channels=int(self.data.train_images.shape[1]),
                              data_fingerprint=self.data.fingerprint, world_size=self.dist.world_size,
                              ema=self.ema.state_dict() if self.ema is not None else None)
+        # what "auto" resolved to, so a resume runs the same kernels even if the probe would now choose otherwise
+        payload["resolved_precision"] = {"precision": self.precision, "channels_last": self.channels_last,
+                                         "device_type": self.device.type}
+        return payload
 
 
 def _load_data(cfg: TrainConfig, dist: DistContext, progress: bool) -> tuple[ImageData, float]:
@@ -132,7 +136,8 @@ def build(cfg: TrainConfig, ckpt: dict | None, dist: DistContext, data: ImageDat
                         f"{dist.world_size} processes; use a number of processes that divides it")
     per_rank = cfg.batch_size // dist.world_size
     tx, ty, vx, vy = _split(data, cfg.val_split, cfg.seed)
-    precision, channels_last = _precision_layout(cfg, device, dist, data, per_rank)
+    precision, channels_last = _pinned_precision(cfg, ckpt, device) or _precision_layout(cfg, device, dist, data,
+                                                                                         per_rank)
     if cfg.batch_size > len(tx):
         raise UserError(f"--batch-size {cfg.batch_size} is larger than the {len(tx)} training images")
 
@@ -187,6 +192,22 @@ def build(cfg: TrainConfig, ckpt: dict | None, dist: DistContext, data: ImageDat
     log.info("device %s, precision %s, channels_last %s, %d train / %d test images, %d classes",
              device, precision, channels_last, len(tx), len(data.test_labels), data.num_classes)
     return s
+
+
+def _pinned_precision(cfg: TrainConfig, ckpt: dict | None, device: torch.device) -> tuple[str, bool] | None:
+    """A resumed run's precision and layout as the run resolved them, where its settings said ``auto``.
+
+    The probe's choice is cached per machine, but a cleared cache or a near tie could choose
+    another layout on resume, and the continuation would no longer be bit-exact. Every rank reads
+    the same checkpoint, so all of them take this path or none does.
+    """
+    pinned = (ckpt or {}).get("resolved_precision")
+    if not pinned or pinned.get("device_type") != device.type or cfg.precision not in (None, "", "auto"):
+        return None
+    channels_last = pinned["channels_last"] if cfg.channels_last is None else bool(cfg.channels_last)
+    log.info("precision %s, channels_last %s: as the run resolved them when it started", pinned["precision"],
+             channels_last)
+    return str(pinned["precision"]), bool(channels_last)
 
 
 def _precision_layout(cfg: TrainConfig, device: torch.device, dist: DistContext, data: ImageData,
