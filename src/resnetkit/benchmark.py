@@ -53,16 +53,11 @@ class Throughput:
 def _time_steps(model: nn.Module, opt: torch.optim.Optimizer, batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
                 device: torch.device, precision: str, warmup: int, steps: int,
                 prepare: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
-                min_seconds: float = 0.0, max_steps: int = 2000) -> list[float]:
-    """Per-step wall times (data fetch included) for ``steps`` steps after ``warmup``.
-
-    With ``min_seconds`` the timing goes on past ``steps`` until the timed steps add up to that
-    long (at most ``max_steps``), so a fast step is timed over a span that outlasts brief stalls.
-    """
+                ) -> list[float]:
+    """Per-step wall times (data fetch included) for ``steps`` steps after ``warmup``."""
     times: list[float] = []
     model.train()
-    i = 0
-    while i < warmup + steps or (sum(times) < min_seconds and len(times) < max_steps):
+    for i in range(warmup + steps):
         synchronize(device)
         t0 = time.perf_counter()
         x, y = next(batches)
@@ -76,7 +71,6 @@ def _time_steps(model: nn.Module, opt: torch.optim.Optimizer, batches: Iterator[
         synchronize(device)
         if i >= warmup:
             times.append(time.perf_counter() - t0)
-        i += 1
     return times
 
 
@@ -118,11 +112,8 @@ def tutorial_loader(data: ImageData, batch_size: int = 128):
 def throughput(model_name: str, data: ImageData, *, device: str = "auto", precision: str = "auto",
                channels_last: bool | None = None, batch_size: int = 256, steps: int = 20, warmup: int = 3,
                tutorial_batch_size: int = 128, include_tutorial: bool = True, include_ceiling: bool = True,
-               model_kwargs: dict | None = None, min_seconds: float = 0.0) -> list[Throughput]:
-    """Measure (a) resnetkit, (b) the tutorial pipeline, (c) the ceiling, in this order.
-
-    ``min_seconds`` makes resnetkit's own measurement time at least that many seconds of steps.
-    """
+               model_kwargs: dict | None = None) -> list[Throughput]:
+    """Measure (a) resnetkit, (b) the tutorial pipeline, (c) the ceiling, in this order."""
     dev = resolve_device(device)
     prec, cl = resolve_precision_layout(precision, channels_last, dev, model_name=model_name, model_kwargs=model_kwargs or {},
                                         batch_size=batch_size, image_size=data.image_size,
@@ -145,7 +136,7 @@ def throughput(model_name: str, data: ImageData, *, device: str = "auto", precis
         return iter(loader)
 
     record("resnetkit", batch_size, prec, cl,
-           _time_steps(model, opt, _cycle(epoch_iter), dev, prec, warmup, steps, min_seconds=min_seconds))
+           _time_steps(model, opt, _cycle(epoch_iter), dev, prec, warmup, steps))
 
     if include_tutorial:
         model, opt = _fresh(model_name, data.num_classes, dev, False)
@@ -189,33 +180,6 @@ class SeedRun:
     check_curve: list[float] | None = None  # the held-out check's top-1 after each epoch
 
 
-def calibration_seconds(budget_seconds: float) -> float:
-    """How long the throughput calibration of a ``budget_seconds`` run times steps: 2% of it, 8-20 s."""
-    return min(20.0, max(8.0, 0.02 * budget_seconds))
-
-
-def epochs_for_budget(model_name: str, data: ImageData, budget_seconds: float, batch_size: int, *,
-                      device: str = "auto", precision: str = "auto", safety: float = 0.92,
-                      image_size: int | None = None, model_kwargs: dict | None = None) -> float:
-    """Epochs that fit ``budget_seconds`` of training, from a short throughput calibration.
-
-    With progressive resizing, ``image_size`` is the mean training size: the cost of a step
-    scales with the pixel count, so the calibration at full size is scaled by ``(S / size)**2``.
-    """
-    # At least 24 timed steps after 6 of warm-up (with 8 after 2 the first steps' allocations made the
-    # median about 20% slow on a 2-core CPU, and a 150 s budget trained for only 116 s), and at least
-    # 2% of the budget, 8-20 s: on a fast CPU in a shared virtual machine 24 steps of 50-70 ms gave
-    # 3,472 img/s in one calibration and 5,147 in another (a 300 s budget then trained for 202 s),
-    # and 3 s gave 2,452 img/s where the run's epochs went at 3,000-5,000
-    r = throughput(model_name, data, device=device, precision=precision, batch_size=batch_size,
-                   steps=24, warmup=6, include_tutorial=False, include_ceiling=False, model_kwargs=model_kwargs,
-                   min_seconds=calibration_seconds(budget_seconds))[0]
-    scale = (data.image_size / image_size) ** 2 if image_size else 1.0
-    # the mean rate, not the median step: a run pays for its slow steps too (a 150 s budget
-    # calibrated on the median step trained for 158 s on a CPU whose steps varied)
-    return max(0.05, safety * budget_seconds * r.mean_images_per_s * scale / len(data.train_labels))
-
-
 def _target_time(history: list[dict], target: float) -> tuple[float | None, int | None]:
     """Cumulative training seconds (and epoch) at the first epoch whose check reached ``target``."""
     spent = 0.0
@@ -232,17 +196,18 @@ def time_to_accuracy(recipe: str, data_source: str, seeds: list[int], out_root: 
                      progress: bool = False, **overrides) -> dict:
     """Run ``recipe`` once per seed with a fixed budget; mean +- std of accuracy and of the times.
 
-    The speedrun convention: the budget is fixed in advance (epochs, or seconds converted to
-    epochs by a calibration before the first run), no early stopping and no epoch picking on the
-    test set; the reported accuracy is each run's final test top-1. Wall time is split into data
-    preparation, training and the final test evaluation; compile time is apart.
+    The speedrun convention: the budget is fixed in advance, no early stopping and no epoch
+    picking on the test set; the reported accuracy is each run's final test top-1. A budget in
+    epochs is a count of passes; ``budget_seconds`` runs each seed with that ``time_budget`` (the
+    lr schedule on the clock, training stopped when the seconds are spent: see
+    :mod:`resnetkit.training.trainer`), so a machine whose speed drifts still trains for the
+    budget. Wall time is split into data preparation, training and the final test evaluation;
+    compile time is apart.
 
     With ``target``, ``check_images`` training images are held out (a fixed, seeded subset, the
     same for every seed) and evaluated after each epoch only to report when the run first
     reached the target; nothing stops or is chosen on it. Those runs train on the rest.
     """
-
-
     base = dict(overrides)
     if target is not None:
         if not 0 < target <= 1:
@@ -250,29 +215,27 @@ def time_to_accuracy(recipe: str, data_source: str, seeds: list[int], out_root: 
         if check_images < 1:
             raise UserError(f"--check-images must be positive, got {check_images}")
         base["val_split"] = check_images
+    if budget_seconds is not None:
+        if not 0 < budget_seconds < float("inf"):
+            raise UserError(f"--budget-seconds takes a positive number of seconds, got {budget_seconds}")
+        base["time_budget"] = budget_seconds
+    elif epochs is not None:
+        base["epochs"] = epochs
     cfg = resolve_config(recipe, data=data_source, **base)
     t0 = time.perf_counter()
-    data = prepare_data(data_source, dataset=cfg.dataset, image_size=cfg.image_size, progress=progress)
+    prepare_data(data_source, dataset=cfg.dataset, image_size=cfg.image_size, progress=progress)  # fills the cache
     first_prep = time.perf_counter() - t0
-    if budget_seconds is not None:
-        sizes = cfg.progressive_sizes
-        mean_size = (sum(v * v for v in sizes) / len(sizes)) ** 0.5 if sizes else None
-        epochs = epochs_for_budget(cfg.model, data, budget_seconds, cfg.batch_size, device=cfg.device,
-                                   precision=cfg.precision, image_size=mean_size,
-                                   model_kwargs=cfg.model_kwargs)
-        log.info("budget %.0f s -> %.2f epochs", budget_seconds, epochs)
-    del data
     runs, last = [], None
     for seed in seeds:
-        run_cfg = resolve_config(recipe, data=data_source, seed=seed, epochs=epochs, eval_every=0,
+        run_cfg = resolve_config(recipe, data=data_source, seed=seed, eval_every=0,
                                  out=f"{out_root}/seed{seed}", overwrite=True, **base)
         last = fit(run_cfg, progress=progress)
         hit_s, hit_e = _target_time(last.history, target) if target is not None else (None, None)
         curve = [row["val_acc"] for row in last.history if "val_acc" in row] if target is not None else None
         runs.append(SeedRun(seed, last.test_top1, last.train_seconds, last.compile_seconds, last.prep_seconds,
-                            last.eval_seconds, last.wall_seconds, float(last.config["epochs"]), hit_s, hit_e, curve))
+                            last.eval_seconds, last.wall_seconds, last.epochs_trained, hit_s, hit_e, curve))
     out: dict = {"recipe": recipe, "model": cfg.model, "data": data_source,
-                 "epochs": runs[0].epochs if runs else epochs, "budget_seconds": budget_seconds, "seeds": seeds,
+                 "epochs": runs[0].epochs if runs else cfg.epochs, "budget_seconds": budget_seconds, "seeds": seeds,
                  "precision": last.precision if last else None,
                  "channels_last": last.channels_last if last else None,
                  "cpu": cpu_label(), "cpu_flags": cpu_isa(cpu_model_and_flags()[1]),

@@ -46,6 +46,23 @@ def test_ranks_end_with_bitwise_identical_weights(ddp_reference: Reference) -> N
     assert_same_state({"model": last["model"]}, rank0)
 
 
+def test_time_budget_ranks_agree_on_the_schedule_and_the_last_step(tmp_path: Path) -> None:
+    """The ranks follow rank 0's clock (one step old), so their learning rates and their last step are
+    the same and their weights stay bitwise equal; the training time reported is the budget (rank 1's
+    own clock would also count its wait while rank 0 writes each epoch's files)."""
+    args = [*TRAIN_ARGS, "--time-budget", "3", "--epochs", "1", "--no-report"]
+    check(run(torchrun(["train", *args, "--out", str(tmp_path / "run")]), rank_env(tmp_path, dump=tmp_path / "dump"),
+              tmp_path))
+    rank0, rank1 = load_dumps(tmp_path / "dump")
+    assert_same_state(rank0, rank1)
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert 3.0 - 0.05 <= result["train_seconds"] <= 3.0 + 2.0 and result["epochs_trained"] > 1
+    last = peek(tmp_path / "run" / "last.pt")
+    assert last["train_clock"] >= 3.0 and last["epoch_done"]
+    rows = _lines(tmp_path / "run" / "metrics.jsonl")
+    assert rows[-1]["lr"] < 0.2 * rows[0]["lr"]
+
+
 def test_ddp_checkpoint_loads_in_a_single_process(ddp_reference: Reference) -> None:
     raw = peek(ddp_reference.out / "best.pt")["model"]
     assert not [k for k in raw if k.startswith(("module.", "_orig_mod."))]

@@ -36,7 +36,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--seeds", type=int, default=2, help="number of seeds (0..N-1)")
     g = a.add_mutually_exclusive_group()
     g.add_argument("--epochs", type=float, help="budget in epochs (default: the recipe's)")
-    g.add_argument("--budget-seconds", type=float, help="budget in training seconds (converted to epochs first)")
+    g.add_argument("--budget-seconds", type=float, help="budget in training seconds: each run's lr schedule runs on the clock and "
+                   "training stops when they are spent (train --time-budget)")
     a.add_argument("--target", type=float, help="also report when a held-out check of training images first "
                    "reached this top-1 (e.g. 0.90); reporting only, never used to stop or choose")
     a.add_argument("--check-images", type=int, default=2500,

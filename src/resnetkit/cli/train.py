@@ -28,6 +28,23 @@ def _epochs(text: str) -> int:
     return value
 
 
+_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+
+
+def _duration(text: str) -> float:
+    """``--time-budget``: seconds, or a number with s, m (min) or h (``300``, ``90s``, ``5m``, ``1.5h``)."""
+    t = text.strip().lower()
+    number = t.rstrip("minsh")
+    unit = t[len(number):]
+    try:
+        value = float(number) * _UNITS[unit]
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(f"takes seconds or a duration such as 90s, 5m or 1.5h, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"takes a positive duration, got {text!r}")
+    return value
+
+
 def recipes_table() -> str:
     """The recipes as a plain-text table (``resnetkit recipes`` and the end of ``train --help``)."""
     rows = [("recipe", "model", "epochs", "batch", "lr", "schedule", "precision")]
@@ -120,7 +137,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--freeze-backbone", action="store_true", default=None, help="train only the classifier")
     g.add_argument("--backbone-lr-mult", type=float, help="backbone learning rate as a fraction of --lr")
     h = p.add_argument_group("optimisation")
-    h.add_argument("--epochs", type=_epochs, help="whole passes over the training images")
+    length = h.add_mutually_exclusive_group()
+    length.add_argument("--epochs", type=_epochs, help="whole passes over the training images")
+    length.add_argument("--time-budget", type=_duration, metavar="DURATION",
+                   help="train for this long instead of --epochs (300, 90s, 5m, 1.5h): the lr schedule runs "
+                        "on the clock and training stops when the time is spent; evaluation does not count")
     h.add_argument("--batch-size", type=int, help="global batch size (split across processes)")
     h.add_argument("--lr", type=float, help="peak learning rate")
     h.add_argument("--momentum", type=float, help="SGD momentum")
@@ -247,7 +268,9 @@ def main(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         t = result.test
         print(f"resnetkit train: {result.config['model']} on {result.config['data']}: test top-1 {t['top1']:.2%}, "
-              f"top-5 {t['top5']:.2%}, loss {t['loss']:.4f} after {len(result.history)} epoch(s); "
+              f"top-5 {t['top5']:.2%}, loss {t['loss']:.4f} after "
+              + (f"{result.epochs_trained:.2f} epochs" if result.config.get("time_budget") else
+                 f"{len(result.history)} epoch(s)") + "; "
               f"train {result.train_seconds:.1f}s, data prep {result.prep_seconds:.1f}s"
               + (f", compile {result.compile_seconds:.1f}s" if result.compile_seconds else "")
               + f"; wall {result.wall_seconds:.1f}s; run directory {result.out_dir}")

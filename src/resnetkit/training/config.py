@@ -26,6 +26,9 @@ class TrainConfig:
     dataset: str | None = None
     recipe: str = "default"
     epochs: float = 30
+    # seconds of training: the lr schedule runs on the clock and training stops when they are spent;
+    # ``epochs`` is then not used (see training/trainer.py)
+    time_budget: float | None = None
     batch_size: int = 128
     lr: float = 0.1
     momentum: float = 0.9
@@ -204,6 +207,8 @@ def validate(cfg: TrainConfig) -> None:
     """Reject values no run could use, in one sentence each."""
     if not cfg.epochs or cfg.epochs <= 0:
         raise UserError(f"<<epochs>> must be positive, got {cfg.epochs}")
+    if cfg.time_budget is not None and not 0 < cfg.time_budget < float("inf"):
+        raise UserError(f"<<time_budget>> takes a positive number of seconds, got {cfg.time_budget}")
     if cfg.batch_size is None or cfg.batch_size <= 0:
         raise UserError(f"<<batch_size>> must be a positive integer, got {cfg.batch_size}")
     if not cfg.lr or cfg.lr <= 0:

@@ -141,24 +141,33 @@ class StopVote:
     over ranks, asynchronously on the gloo group, so the GPU is never synchronised) and returns
     the agreement on the flags of the previous call: a signal is acted on one step after it
     arrives, at the same step on every rank. A single process decides at once.
+
+    Each call also posts a number (the training clock of a time-budget run); :attr:`agreed` is
+    rank 0's from the previous call, the same value on every rank, so the ranks set the same
+    learning rate and stop at the same step. Rank 0's, not the largest: the other ranks' clocks
+    also count their wait, inside the next step's all-reduce, while rank 0 writes an epoch's files.
     """
 
     def __init__(self, ctx: DistContext) -> None:
         self.ctx = ctx
         self._work: Any = None
-        self._flag = torch.zeros(1, dtype=torch.int32)
+        self._flag = torch.zeros(2, dtype=torch.float64)
+        self.agreed = 0.0
 
-    def __call__(self, local: bool) -> bool:
+    def __call__(self, local: bool, value: float = 0.0) -> bool:
         """Whether to stop now, given whether this rank has been asked to stop."""
         if not self.ctx.enabled:
+            self.agreed = value
             return local
         if self._work is not None:
             with _peer_failures(self.ctx.rank):
                 self._work.wait()
             self._work = None
-            if int(self._flag.item()):
+            self.agreed = float(self._flag[1])
+            if self._flag[0] > 0:
                 return True
-        self._flag = torch.tensor([int(local)], dtype=torch.int32)
+        # a max over ranks: the others post 0, so the second entry is rank 0's value (a clock is >= 0)
+        self._flag = torch.tensor([float(local), value if self.ctx.rank == 0 else 0.0], dtype=torch.float64)
         self._work = dist.all_reduce(self._flag, op=dist.ReduceOp.MAX, group=self.ctx.control, async_op=True)
         return False
 

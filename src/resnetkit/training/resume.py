@@ -18,7 +18,7 @@ from ..checkpoint import peek
 from ..errors import UserError
 from .config import TrainConfig, validate
 
-RESUME_OVERRIDABLE = ("epochs", "device", "max_steps", "stop_after_steps", "log_steps", "checkpoint_every",
+RESUME_OVERRIDABLE = ("epochs", "time_budget", "device", "max_steps", "stop_after_steps", "log_steps", "checkpoint_every",
                       "eval_every", "log", "tensorboard", "mlflow_uri")
 IGNORED = ("overwrite",)  # part of the original command line; meaningless when continuing
 
@@ -108,6 +108,9 @@ def continue_in_out(cfg: TrainConfig) -> tuple[TrainConfig, dict | None]:
 def finished(ckpt: dict, cfg: TrainConfig) -> bool:
     """Whether the checkpoint is the end of its run (every epoch done, no stop point pending)."""
     history = ckpt.get("history", [])
+    if cfg.time_budget is not None:  # a clock-driven run ends when its budget is spent, at any epoch
+        spent = ckpt.get("train_clock", sum(float(r.get("seconds", 0.0)) for r in history))
+        return bool(ckpt.get("epoch_done")) and spent >= cfg.time_budget and cfg.max_steps is None
     whole = int(-(-cfg.epochs // 1))
     return bool(ckpt.get("epoch_done")) and int(ckpt.get("epoch", 0)) >= whole and len(history) >= whole \
         and cfg.max_steps is None

@@ -118,7 +118,8 @@ class RunWriter:
                 raise UserError(f"could not write {self.out / name}: {e.strerror or e}") from None
 
     def progress_bar(self, state, steps_per_epoch: int, loader):
-        return _EpochBar(state, steps_per_epoch, self.cfg.epochs, loader)
+        # a time-budget run has no epoch count to show
+        return _EpochBar(state, steps_per_epoch, None if self.cfg.time_budget else self.cfg.epochs, loader)
 
     def log_steps(self, losses: list[float], first_step: int) -> None:
         if self.cfg.log_steps:
@@ -152,7 +153,7 @@ class RunWriter:
         summary = {"test": {k: v for k, v in result.test.items() if k != "confusion"},
                    "prep_seconds": result.prep_seconds, "train_seconds": result.train_seconds,
                    "compile_seconds": result.compile_seconds, "wall_seconds": result.wall_seconds,
-                   "epochs": len(result.history)}
+                   "epochs": len(result.history), "epochs_trained": result.epochs_trained}
         io.write_json(self.out / "result.json", summary)
         step = self.history[-1]["step"] if self.history else 0
         self.loggers.finish(result.test_ema or result.test, list(result.classes), step)
@@ -161,9 +162,10 @@ class RunWriter:
 class _EpochBar:
     """A tqdm bar over one epoch's steps that shows loss, accuracy and images/s."""
 
-    def __init__(self, state, total: int, epochs: float, loader) -> None:
+    def __init__(self, state, total: int, epochs: float | None, loader) -> None:
         self.loader = loader
-        self.bar = tqdm(total=total, initial=state.step_in_epoch, desc=f"epoch {state.epoch + 1}/{epochs:g}",
+        desc = f"epoch {state.epoch + 1}" + (f"/{epochs:g}" if epochs else "")
+        self.bar = tqdm(total=total, initial=state.step_in_epoch, desc=desc,
                         unit="step", file=sys.stderr, dynamic_ncols=True, leave=False)
         self.t0 = time.perf_counter()
         self.images = 0

@@ -1,4 +1,5 @@
-"""Learning-rate schedules as a pure function of the global step (so resume is exact).
+"""Learning-rate schedules as a pure function of the global step (so resume is exact), or of the
+share of a time budget spent (``progress``, runs with ``--time-budget``; not reproducible step for step).
 
 - ``constant``: the tutorial's fixed learning rate.
 - ``cosine``: linear warmup, then half-cosine decay to zero (Loshchilov and Hutter 2017).
@@ -18,18 +19,34 @@ SCHEDULES = ("constant", "cosine", "linear", "step")
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int = 0, kind: str = "cosine",
-              final: float = 0.0) -> float:
-    """Multiplier of the base learning rate at ``step`` (0-based) of ``total_steps``."""
+              final: float = 0.0, progress: float | None = None) -> float:
+    """Multiplier of the base learning rate at ``step`` (0-based) of ``total_steps``.
+
+    With ``progress`` (the fraction of a time budget spent, 0 to 1) the decay and the step
+    schedule's milestones follow it instead of the step count; the warmup still counts steps.
+    Budgeted training in this shape (a schedule that reaches zero when the budget ends) is
+    Li, Yumer and Ramanan 2020.
+    """
     if kind not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {kind!r}")
-    if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
+    warm = (step + 1) / warmup_steps if warmup_steps > 0 and step < warmup_steps else None
+    if progress is not None:  # a warmup longer than the budget still ends at zero: the lower of the two
+        t = min(1.0, max(0.0, progress))
+        decay = 1.0 if kind == "constant" else _decay(kind, t, final)
+        return decay if warm is None else min(warm, decay)
+    if warm is not None:
+        return warm
     if kind == "constant":
         return 1.0
     if kind == "step":
         return 1.0 if step < total_steps * 0.5 else 0.1 if step < total_steps * 0.75 else 0.01
-    span = max(1, total_steps - warmup_steps)
-    t = min(1.0, (step - warmup_steps) / span)
+    return _decay(kind, min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps)), final)
+
+
+def _decay(kind: str, t: float, final: float) -> float:
+    """The schedule's factor after ``t`` (0 to 1) of its decay."""
+    if kind == "step":
+        return 1.0 if t < 0.5 else 0.1 if t < 0.75 else 0.01
     if kind == "cosine":
         return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * t))
     return final + (1.0 - final) * (1.0 - t)

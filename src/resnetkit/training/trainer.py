@@ -1,5 +1,12 @@
 """A training run end to end: data -> model -> epochs -> run directory, held by a :class:`Trainer`.
 
+With ``time_budget`` (``--time-budget``) the run is driven by the clock instead of the epoch
+count: the learning-rate schedule follows the share of the budget spent on training steps
+(evaluation and checkpoint writes do not count), and training stops at the first step that ends
+past it, in any epoch, so the training time is the budget plus at most one step. Such a run is
+not reproducible step for step (the clock decides the schedule); everything else about it is as
+usual, and a resume continues the clock from ``last.pt``.
+
 The run directory holds ``config.json``, ``metrics.jsonl`` (one line per epoch), ``last.pt`` and
 ``best.pt`` (everything exact resume needs), ``curves.png`` and, with ``log_steps``,
 ``steps.jsonl`` (every step's loss). Only rank 0 writes. SIGTERM/SIGINT save ``last.pt`` at the
@@ -70,6 +77,7 @@ class RunResult:
     # the final test pass's fp32 logits in test-split order (single-process runs; None under DDP),
     # so the run's evaluation files can be written without a second pass
     test_logits: torch.Tensor | None = field(default=None, repr=False)
+    epochs_trained: float = 0.0  # optimizer steps / steps per epoch (time-budget runs end mid-epoch)
 
     @property
     def test_top1(self) -> float:
@@ -105,7 +113,9 @@ def resume_position(ckpt: dict, global_batch: int) -> int:
     return images // global_batch
 
 
-#: Set by torchrun for each worker group it starts: 0 the first time, then 1, 2, ... after restarts.
+UNBOUNDED = 1 << 62  # the epoch and step count of a time-budget run: its clock ends it
+
+
 def fit(cfg: TrainConfig | None = None, *, resume: str | Path | None = None,
         resume_overrides: dict | None = None, progress: bool = False,
         data: ImageData | None = None, auto_resume: bool = False) -> RunResult:
@@ -211,8 +221,12 @@ class Trainer:
                      self.state.epoch + 1, self.state.global_step, dist_ctx.world_size, ckpt.get("world_size", 1))
         self.resumed_from = self.state.global_step  # 0 for a new run
         self.steps_per_epoch = len(s.train_loader)
-        self.total_epochs = int(-(-cfg.epochs // 1))
-        self.total_steps = max(1, int(round(cfg.epochs * self.steps_per_epoch)))
+        self.budget = cfg.time_budget
+        if self.budget is None:
+            self.total_epochs = int(-(-cfg.epochs // 1))
+            self.total_steps = max(1, int(round(cfg.epochs * self.steps_per_epoch)))
+        else:  # the clock ends the run (budget_spent), not a count
+            self.total_epochs, self.total_steps = UNBOUNDED, UNBOUNDED
         if cfg.max_steps is not None:
             self.total_steps = min(self.total_steps, cfg.max_steps)
         self.warmup_steps = int(round(cfg.warmup_epochs * self.steps_per_epoch))
@@ -225,11 +239,29 @@ class Trainer:
         self.signal: str | None = None  # the name of a SIGTERM/SIGINT received
         self.vote = dist_ctx.stop_vote()  # under DDP every rank stops after the same step
         self.bar: Any = None
+        # seconds spent in training steps so far (the time budget's clock; it stops between epochs)
+        self.clock_base = 0.0 if ckpt is None else float(
+            ckpt.get("train_clock", sum(float(r.get("seconds", 0.0)) for r in self.history)))
+        self.clock_t0: float | None = None  # perf_counter at the start of the running epoch
+        self.vote.agreed = self.clock_base
+        self.budget_spent = False
         self.on_save: Callable[[Trainer], None] | None = None  # called on every process after each save
 
     # ------------------------------------------------------------------ pieces
+    def clock(self) -> float:
+        """Seconds of training so far (this process's clock)."""
+        return self.clock_base + (time.perf_counter() - self.clock_t0 if self.clock_t0 is not None else 0.0)
+
+    def budget_progress(self) -> float:
+        """The share of the time budget spent: under DDP rank 0's clock one step ago (the same on
+        every rank), else this process's clock now."""
+        spent = self.vote.agreed if self.dist.enabled else self.clock()
+        return spent / self.budget if self.budget else 0.0
+
     def set_lr(self, step: int) -> float:
-        return apply_lr(self.setup.optimizer, lr_factor(step, self.total_steps, self.warmup_steps, self.cfg.schedule))
+        progress = self.budget_progress() if self.budget is not None else None
+        return apply_lr(self.setup.optimizer, lr_factor(step, self.total_steps, self.warmup_steps, self.cfg.schedule,
+                                                        progress=progress))
 
     def paused_mid_epoch(self) -> bool:
         """Stopped by ``stop_after_steps`` inside an epoch (not at the run's end)."""
@@ -244,6 +276,7 @@ class Trainer:
         """
         if self.writer is not None:
             payload = self.setup.payload(self.state, self.history, self.best, epoch_done)
+            payload["train_clock"] = self.clock()
             self.writer.save_last(payload)
             if best:
                 self.writer.save_best(payload)
@@ -277,8 +310,10 @@ class Trainer:
         """Called by the loop after every step; True stops the epoch."""
         cfg = self.cfg
         save = cfg.checkpoint_every and st.global_step % cfg.checkpoint_every == 0
-        stopping = self.vote(self.signal is not None)
-        halt = stopping or st.global_step >= self.total_steps
+        stopping = self.vote(self.signal is not None, self.clock())
+        if self.budget is not None and self.vote.agreed >= self.budget:
+            self.budget_spent = True
+        halt = stopping or self.budget_spent or st.global_step >= self.total_steps
         halt = halt or (self.stop_at is not None and st.global_step >= self.stop_at)
         if self.bar is not None and st.step_in_epoch % 10 == 0:
             self.bar.show(*probe.running())
@@ -303,13 +338,18 @@ class Trainer:
     def _train_one_epoch(self):
         s, cfg, state = self.setup, self.cfg, self.state
         s.train_loader.set_epoch(state.epoch)
-        s.train_loader.set_size(progressive_size(cfg.progressive_sizes, state.epoch, self.total_epochs))
+        if self.budget is None:
+            size = progressive_size(cfg.progressive_sizes, state.epoch, self.total_epochs)
+        else:  # the part of the budget this epoch starts in
+            size = progressive_size(cfg.progressive_sizes, min(int(self.budget_progress() * 1000), 999), 1000)
+        s.train_loader.set_size(size)
         s.train_loader.skip_to(state.step_in_epoch)
         self.steps_logged = 0
         if s.mixer is not None:
             s.mixer.set_epoch(state.epoch, self.steps_per_epoch)
         use_bar = self.writer is not None and self.progress
         self.bar = self.writer.progress_bar(state, self.steps_per_epoch, s.train_loader) if use_bar else None
+        self.clock_t0 = time.perf_counter()
         stats = train_epoch(
             s.model, self.bar if self.bar is not None else s.train_loader, s.optimizer, state,
             device=s.device, precision=s.precision, label_smoothing=cfg.label_smoothing,
@@ -318,6 +358,10 @@ class Trainer:
             reduce_loss=self.dist.all_reduce_mean if self.dist.enabled else None,
             mixer=s.mixer, num_classes=s.data.num_classes, after_update=self.after_update,
         )
+        # the epoch's seconds as the budget's clock counted them (its set-up included), so the
+        # training time reported is the time the budget was spent on
+        stats.seconds = time.perf_counter() - self.clock_t0
+        self.clock_base, self.clock_t0 = self.clock_base + stats.seconds, None
         if self.bar is not None:
             self.bar.close()
         return stats
@@ -329,11 +373,12 @@ class Trainer:
         check_weights_finite(unwrap(s.model), state)  # before this epoch's rows are written
         if cfg.compile and not self.history:
             self.compile_seconds = s.warmup_seconds
-        epoch_done = state.step_in_epoch >= self.steps_per_epoch or state.global_step >= self.total_steps
+        epoch_done = (state.step_in_epoch >= self.steps_per_epoch or state.global_step >= self.total_steps
+                      or self.budget_spent)
         row = {"epoch": state.epoch + 1, "step": state.global_step, "lr": s.optimizer.param_groups[0]["lr"],
                "train_loss": stats.loss, "train_acc": stats.acc, "images_per_s": stats.images_per_s,
                "seconds": stats.seconds}
-        last_epoch = state.global_step >= self.total_steps or state.epoch + 1 >= self.total_epochs
+        last_epoch = state.global_step >= self.total_steps or state.epoch + 1 >= self.total_epochs or self.budget_spent
         if s.val_loader is not None:
             v = self.evaluate(s.val_loader)
             row.update(val_loss=v["loss"], val_acc=v["top1"])
@@ -389,7 +434,7 @@ class Trainer:
         wall0 = time.perf_counter() if wall0 is None else wall0
         s, state = self.setup, self.state
         with self._stop_on_signals():
-            while (state.epoch < self.total_epochs and state.global_step < self.total_steps
+            while (state.epoch < self.total_epochs and state.global_step < self.total_steps and not self.budget_spent
                    and (self.stop_at is None or state.global_step < self.stop_at)):
                 stats = self._train_one_epoch()
                 if self.paused_mid_epoch():
@@ -413,6 +458,7 @@ class Trainer:
             wall_seconds=time.perf_counter() - wall0, config=self.cfg.to_dict(), classes=s.data.classes,
             eval_seconds=eval_seconds, precision=s.precision, channels_last=s.channels_last,
             test_ema=final_ema, test_logits=self.test_logits,
+            epochs_trained=state.global_step / max(1, self.steps_per_epoch),
         )
         if self.writer is not None:
             self.writer.finish(result)
