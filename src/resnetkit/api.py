@@ -83,7 +83,8 @@ def train(model: str | None = None, data: str | None = None, recipe: str | None 
           auto_resume: bool = False, **options: Any) -> RunResult:
     """Train a model and return its :class:`~resnetkit.training.trainer.RunResult`.
 
-    Example: ``resnetkit.train("resnet20", "path/to/folder", epochs=2, out="runs/demo")``. Options
+    Example: ``resnetkit.train("resnet20", "path/to/folder", epochs=2, out="runs/demo")``, or
+    ``time_budget=300`` to train for 300 s of training steps instead of a number of epochs. Options
     are :class:`~resnetkit.training.config.TrainConfig` fields; ``None`` values keep the recipe's.
     ``data`` is required ('synthetic' asks for generated images). A progress bar is drawn on
     stderr when run interactively (``progress=None``); ``progress=False`` silences it.
