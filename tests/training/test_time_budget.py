@@ -62,8 +62,9 @@ def test_budget_run_trains_for_the_budget_decays_to_zero_and_resumes(tmp_path):
     assert r.epochs_trained == pytest.approx(r.history[-1]["step"] / 3)
     steps = r.history[-1]["step"]
 
-    with pytest.raises(UserError, match="complete"):  # the budget is spent
+    with pytest.raises(UserError, match="complete") as e:  # the budget is spent
         fit(resume=out)
+    assert "--time-budget" in str(e.value) or "time_budget" in str(e.value)
     more = fit(resume=out, resume_overrides={"time_budget": budget + 1.0})  # a larger budget goes on
     assert more.history[-1]["step"] > steps
     assert budget + 1.0 - 0.05 <= more.train_seconds <= budget + 1.0 + 2.0

@@ -149,7 +149,7 @@ def train_in_group(cfg: TrainConfig, ckpt: dict | None, *, progress: bool = Fals
     if ckpt is not None and finished(ckpt, cfg):
         raise UserError(f"the run in {cfg.out} is complete ({len(ckpt.get('history', []))} epoch(s), step "
                         f"{ckpt['global_step']}); its results are in {cfg.out}/result.json. To train longer, "
-                        f"resume with a larger <<epochs>>")
+                        f"resume with a larger {'<<time_budget>>' if cfg.time_budget else '<<epochs>>'}")
     dist_ctx, device_name = init_from_env(cfg.device)
     cfg.device = device_name or cfg.device
     resolve_device(cfg.device)  # a bad device fails before the run directory exists
