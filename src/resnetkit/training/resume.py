@@ -105,12 +105,16 @@ def continue_in_out(cfg: TrainConfig) -> tuple[TrainConfig, dict | None]:
     return resumed, ckpt
 
 
+def spent_seconds(ckpt: dict) -> float:
+    """Seconds of training steps up to ``ckpt`` (the time budget's clock); older checkpoints: the epochs' sum."""
+    return float(ckpt.get("train_clock", sum(float(r.get("seconds", 0.0)) for r in ckpt.get("history", []))))
+
+
 def finished(ckpt: dict, cfg: TrainConfig) -> bool:
     """Whether the checkpoint is the end of its run (every epoch done, no stop point pending)."""
     history = ckpt.get("history", [])
     if cfg.time_budget is not None:  # a clock-driven run ends when its budget is spent, at any epoch
-        spent = ckpt.get("train_clock", sum(float(r.get("seconds", 0.0)) for r in history))
-        return bool(ckpt.get("epoch_done")) and spent >= cfg.time_budget and cfg.max_steps is None
+        return bool(ckpt.get("epoch_done")) and spent_seconds(ckpt) >= cfg.time_budget and cfg.max_steps is None
     whole = int(-(-cfg.epochs // 1))
     return bool(ckpt.get("epoch_done")) and int(ckpt.get("epoch", 0)) >= whole and len(history) >= whole \
         and cfg.max_steps is None

@@ -31,20 +31,19 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int = 0, kind: str = "c
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {kind!r}")
     warm = (step + 1) / warmup_steps if warmup_steps > 0 and step < warmup_steps else None
     if progress is not None:  # a warmup longer than the budget still ends at zero: the lower of the two
-        t = min(1.0, max(0.0, progress))
-        decay = 1.0 if kind == "constant" else _decay(kind, t, final)
+        decay = _decay(kind, min(1.0, max(0.0, progress)), final)
         return decay if warm is None else min(warm, decay)
     if warm is not None:
         return warm
-    if kind == "constant":
-        return 1.0
-    if kind == "step":
-        return 1.0 if step < total_steps * 0.5 else 0.1 if step < total_steps * 0.75 else 0.01
+    if kind == "step":  # the paper's milestones count the whole run, warmup included
+        return _decay(kind, step / max(1, total_steps), final)
     return _decay(kind, min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps)), final)
 
 
 def _decay(kind: str, t: float, final: float) -> float:
     """The schedule's factor after ``t`` (0 to 1) of its decay."""
+    if kind == "constant":
+        return 1.0
     if kind == "step":
         return 1.0 if t < 0.5 else 0.1 if t < 0.75 else 0.01
     if kind == "cosine":

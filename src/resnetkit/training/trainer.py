@@ -37,7 +37,7 @@ from . import rundir
 from .config import TrainConfig, validate
 from .distributed import DistContext, debug_dump, global_epoch_stats, init_from_env, shutdown
 from .loop import NonFiniteLossError, StepState, check_weights_finite, train_epoch
-from .resume import continue_in_out, finished, restarted_by_torchrun, resume_config
+from .resume import continue_in_out, finished, restarted_by_torchrun, resume_config, spent_seconds
 from .schedule import apply_lr, lr_factor
 from .setup import Setup, build
 
@@ -240,8 +240,7 @@ class Trainer:
         self.vote = dist_ctx.stop_vote()  # under DDP every rank stops after the same step
         self.bar: Any = None
         # seconds spent in training steps so far (the time budget's clock; it stops between epochs)
-        self.clock_base = 0.0 if ckpt is None else float(
-            ckpt.get("train_clock", sum(float(r.get("seconds", 0.0)) for r in self.history)))
+        self.clock_base = 0.0 if ckpt is None else spent_seconds(ckpt)
         self.clock_t0: float | None = None  # perf_counter at the start of the running epoch
         self.vote.agreed = self.clock_base
         self.budget_spent = False
@@ -310,7 +309,7 @@ class Trainer:
         """Called by the loop after every step; True stops the epoch."""
         cfg = self.cfg
         save = cfg.checkpoint_every and st.global_step % cfg.checkpoint_every == 0
-        stopping = self.vote(self.signal is not None, self.clock())
+        stopping = self.vote(self.signal is not None, self.clock() if self.budget is not None else 0.0)
         if self.budget is not None and self.vote.agreed >= self.budget:
             self.budget_spent = True
         halt = stopping or self.budget_spent or st.global_step >= self.total_steps
