@@ -7,7 +7,7 @@ import json
 import pytest
 
 from resnetkit.cli import main
-from resnetkit.runtime.cpuinfo import amx_check, collect, isa_in_verbose, onednn_lines
+from resnetkit.runtime.cpuinfo import amx_check, amx_ran, collect, isa_in_verbose, onednn_lines
 
 CONFIG = """PyTorch built with:
   - GCC 13.3
@@ -30,6 +30,19 @@ def test_isa_parsing_of_onednn_verbose():
     avx2 = "onednn_verbose,v1,info,cpu,isa:Intel AVX2\nonednn_verbose,v1,primitive,exec,cpu,convolution,brg_conv_fwd:avx2,x\n"
     assert isa_in_verbose(amx) == ["Intel AVX-512 with Intel AMX", "avx512_core_amx_bf16"]
     assert isa_in_verbose(avx2) == ["Intel AVX2", "avx2"]
+    assert amx_ran(amx) and not amx_ran(avx2)
+
+
+def test_amx_is_seen_in_the_kernel_names_of_newer_onednn():
+    # oneDNN 3.12 (torch 2.14) on a Xeon with AMX: the ISA is named avx10_1_512_amx, not avx512_core_amx
+    new = ("onednn_verbose,v1,info,cpu,isa:Intel AVX10.1 and Intel AMX with bfloat16 and 8-bit integer support\n"
+           "onednn_verbose,v1,primitive,exec,cpu,reorder,jit:uni,undef,src:bf16::blocked:acdb::f0\n"
+           "onednn_verbose,v1,primitive,exec,cpu,convolution,brg_conv_fwd:avx10_1_512_amx,forward_training,src\n")
+    assert amx_ran(new)
+    assert "avx10_1_512_amx" in isa_in_verbose(new)
+    # the info line names AMX as available; a run whose kernels are all AVX-512 did not use it
+    no_amx = new.replace("brg_conv_fwd:avx10_1_512_amx", "brg_conv_fwd:avx10_1_512")
+    assert not amx_ran(no_amx)
 
 
 def test_collect_reads_cpuinfo_flags():

@@ -4,7 +4,7 @@ Which CPU, which of the flags that matter for training speed (AVX2, AVX-512, AVX
 how many threads torch uses, what oneDNN build torch carries (``torch.__config__.show()``), and
 whether oneDNN really dispatches AMX kernels: a small bf16 convolution and matmul run in a child
 process with ``ONEDNN_VERBOSE=1`` (oneDNN's documented verbose mode), whose lines name the ISA of
-each primitive; ``avx512_core_amx`` in them means AMX tiles ran.
+each primitive; an ``amx`` ISA there (``avx512_core_amx``, ``avx10_1_512_amx``) means AMX tiles ran.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def onednn_lines(config: str | None = None) -> list[str]:
 def isa_in_verbose(output: str) -> list[str]:
     """ISA names (``avx2``, ``avx512_core_amx``...) in oneDNN verbose output, in order, once each."""
     seen: list[str] = []
-    for m in re.finditer(r"isa:([^,\n]+)|\w+:(avx512_core_amx\w*|avx512_core\w*|avx2\w*|avx10\w*|sse41)\b", output):
+    for m in re.finditer(r"isa:([^,\n]+)|\w+:(avx512_core\w*|avx2\w*|avx10\w*|sse41)\b", output):
         name = (m.group(1) or m.group(2)).strip()
         if name not in seen:
             seen.append(name)
@@ -81,7 +81,17 @@ def amx_check(timeout: float = 120.0) -> tuple[bool | None, list[str]]:
     out = proc.stdout + proc.stderr
     if proc.returncode != 0:
         return None, []
-    return "avx512_core_amx" in out, isa_in_verbose(out)
+    return amx_ran(out), isa_in_verbose(out)
+
+
+def amx_ran(output: str) -> bool:
+    """True if a primitive in oneDNN verbose output ran an AMX kernel.
+
+    oneDNN names the kernel's ISA after the implementation (``brg_conv_fwd:avx512_core_amx`` up to
+    oneDNN 3.6 or so, ``brg_conv_fwd:avx10_1_512_amx`` in 3.12): any ``amx`` ISA there counts; the
+    ``isa:`` info line only says what the CPU could run.
+    """
+    return any(re.search(r"\w+:\w*amx\w*", ln) for ln in output.splitlines() if ",exec," in ln)
 
 
 def collect(run_amx_check: bool = True, cpuinfo: str | None = None) -> CpuFacts:
