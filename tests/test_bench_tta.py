@@ -58,6 +58,10 @@ def test_a_budget_in_seconds_trains_each_seed_for_that_long(tmp_path):
     for r in res["runs"]:
         assert 0.95 <= r["train_seconds"] <= 2.0
         assert r["epochs"] > 0 and r["epochs"] * 3 == pytest.approx(round(r["epochs"] * 3))  # steps / 3 per epoch
+    # each seed trains as many epochs as its seconds allowed: the summary is their mean, not seed 0's
+    epochs = [r["epochs"] for r in res["runs"]]
+    assert res["epochs"] == res["epochs_mean"] == pytest.approx(sum(epochs) / 2)
+    assert res["epochs_std"] == pytest.approx(abs(epochs[0] - epochs[1]) / 2 ** 0.5)
     cfg = json.loads((tmp_path / "runs" / "seed1" / "config.json").read_text())["config"]
     assert cfg["time_budget"] == 1.0 and cfg["seed"] == 1
 

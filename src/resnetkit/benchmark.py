@@ -235,13 +235,13 @@ def time_to_accuracy(recipe: str, data_source: str, seeds: list[int], out_root: 
         runs.append(SeedRun(seed, last.test_top1, last.train_seconds, last.compile_seconds, last.prep_seconds,
                             last.eval_seconds, last.wall_seconds, last.epochs_trained, hit_s, hit_e, curve))
     out: dict = {"recipe": recipe, "model": cfg.model, "data": data_source,
-                 "epochs": runs[0].epochs if runs else cfg.epochs, "budget_seconds": budget_seconds, "seeds": seeds,
+                 "epochs": mean_std([r.epochs for r in runs])[0] if runs else cfg.epochs, "budget_seconds": budget_seconds, "seeds": seeds,
                  "precision": last.precision if last else None,
                  "channels_last": last.channels_last if last else None,
                  "cpu": cpu_label(), "cpu_flags": cpu_isa(cpu_model_and_flags()[1]),
                  "threads": torch.get_num_threads(),
                  "first_prep_seconds": first_prep, "runs": [r.__dict__ for r in runs]}
-    for name, attr in (("top1", "top1"), ("train_seconds", "train_seconds"), ("prep_seconds", "prep_seconds"),
+    for name, attr in (("top1", "top1"), ("epochs", "epochs"), ("train_seconds", "train_seconds"), ("prep_seconds", "prep_seconds"),
                        ("eval_seconds", "eval_seconds"), ("compile_seconds", "compile_seconds"),
                        ("wall_seconds", "wall_seconds")):
         out[f"{name}_mean"], out[f"{name}_std"] = mean_std([getattr(r, attr) for r in runs])

@@ -87,7 +87,8 @@ def run_tta(args: argparse.Namespace) -> int:
         hit = "-" if r["target_seconds"] is None else f"{r['target_seconds']:.1f}"
         print(f"{r['seed']:>4} {r['epochs']:>7.2f} {r['top1']:>7.2%} {r['prep_seconds']:>7.1f} "
               f"{r['train_seconds']:>8.1f} {r['eval_seconds']:>7.1f} {r['compile_seconds']:>9.1f} {hit:>8}")
-    print(f"top-1 {res['top1_mean']:.2%} +- {res['top1_std']:.2%}; prep {res['prep_seconds_mean']:.1f} +- "
+    print(f"top-1 {res['top1_mean']:.2%} +- {res['top1_std']:.2%} in {res['epochs_mean']:.2f} +- "
+          f"{res['epochs_std']:.2f} epochs; prep {res['prep_seconds_mean']:.1f} +- "
           f"{res['prep_seconds_std']:.1f} s, train {res['train_seconds_mean']:.1f} +- {res['train_seconds_std']:.1f} s,"
           f" eval {res['eval_seconds_mean']:.1f} +- {res['eval_seconds_std']:.1f} s over {len(res['runs'])} seed(s)")
     if "target" in res:
