@@ -49,6 +49,18 @@ def test_residual_pair_is_identity_plus_branch():
     assert m.num_features == 32 and m.layers[0][0][2].momentum == pytest.approx(0.4)
 
 
+def test_stem_stride_1_keeps_the_first_stage_at_full_resolution():
+    torch.manual_seed(0)
+    half, full = create_model("resnet_cpu"), create_model("resnet_cpu", stem_stride=1, whiten=True)
+    x = torch.randn(2, 3, 32, 32)
+    assert half.stem(x).shape[-1] == 16 and full.stem(x).shape[-1] == 31
+    assert full.forward_features(x).shape[-2:] == (3, 3) and full(x).shape == (2, 10)
+    # the same parameters; the whitening filters come from the same patch statistics
+    assert sum(p.numel() for p in full.parameters()) == sum(p.numel() for p in half.parameters())
+    full.init_from_data(x)
+    assert full.stem[0].weight.abs().sum() > 0 and not full.stem[0].weight.requires_grad
+
+
 def test_bad_options_are_user_errors():
     from resnetkit.errors import UserError
 
@@ -56,3 +68,5 @@ def test_bad_options_are_user_errors():
         create_model("resnet_cpu", widths=(32, 64), residual=(True,))
     with pytest.raises(UserError, match="bn_momentum"):
         create_model("resnet_cpu", bn_momentum=0.0)
+    with pytest.raises(UserError, match="stem_stride must be 1 or 2"):
+        create_model("resnet_cpu", stem_stride=4)
