@@ -90,3 +90,21 @@ def test_no_global_pyplot_state(tmp_path: Path) -> None:
     plot_confusion(torch.eye(2), None, tmp_path / "b.png")
     assert plt.get_fignums() == figs
     assert matplotlib.get_backend() == backend
+
+
+def test_a_run_of_many_short_epochs_draws_curves_at_the_start_and_the_end(tmp_path: Path, monkeypatch) -> None:
+    import resnetkit.plots
+    from resnetkit.training import rundir
+    from resnetkit.training.config import resolve_config
+    from resnetkit.training.trainer import fit
+
+    drawn: list[int] = []  # the rows each drawing saw
+    monkeypatch.setattr(resnetkit.plots, "plot_curves", lambda rows, path: drawn.append(len(rows)))
+    tiny = dict(data="synthetic:64", batch_size=32, precision="fp32", image_size=16, eval_every=0,
+                model_kwargs={"stem_width": 8, "widths": (16,), "residual": (False,)})
+    fit(resolve_config("cpu-fast", epochs=6, out=str(tmp_path / "a"), **tiny))
+    assert drawn == [1, 6]  # the first epoch at once, then within 10 s nothing until the run ends
+    drawn.clear()
+    monkeypatch.setattr(rundir, "CURVES_EVERY_S", 0.0)
+    fit(resolve_config("cpu-fast", epochs=3, out=str(tmp_path / "b"), **tiny))
+    assert drawn == [1, 2, 3]  # an epoch past the interval is drawn at its end, and the end adds nothing

@@ -2,6 +2,9 @@
 
 Files: ``config.json``, ``metrics.jsonl``, ``steps.jsonl`` (optional), ``last.pt``, ``best.pt``,
 ``curves.png``, ``result.json``; TensorBoard events under ``tb/`` when asked for and installed.
+``curves.png`` is redrawn after an epoch at most every :data:`CURVES_EVERY_S` seconds (drawing
+takes about half a second, which runs of many short epochs would otherwise spend mostly
+plotting) and always when the run finishes.
 """
 
 from __future__ import annotations
@@ -16,10 +19,9 @@ from typing import Any
 
 from tqdm import tqdm
 
-from .. import io
+from .. import io, plots
 from ..checkpoint import atomic_save, versions
 from ..errors import UserError
-from ..plots import plot_curves
 from .config import TrainConfig
 from .loggers import Loggers
 from .setup import Setup
@@ -27,6 +29,7 @@ from .setup import Setup
 log = logging.getLogger(__name__)
 
 RUN_FILES = ("config.json", "last.pt", "metrics.jsonl")
+CURVES_EVERY_S = 10.0  # the least wall time between two drawings of curves.png
 
 
 def default_out(cfg: TrainConfig) -> str:
@@ -87,6 +90,8 @@ class RunWriter:
             steps = self._read_lines(out / "steps.jsonl") if ckpt else []
             self._rewrite_lines(out / "steps.jsonl", [r for r in steps if r["step"] < (ckpt or {}).get("global_step", 0)])
         self.history = list(history)
+        self._curves_at: float | None = None  # perf_counter of the last drawing of curves.png
+        self._curves_behind = False  # rows written since then
         self.loggers = Loggers(logger_names(cfg), out, cfg.to_dict(), ckpt["global_step"] if ckpt else None,
                                cfg.mlflow_uri)
 
@@ -137,9 +142,16 @@ class RunWriter:
         log.info(" | ".join(parts))
         self.history.append(row)
         self.loggers.epoch(row, self.history)
+        self._curves_behind = True
+        if self._curves_at is None or time.perf_counter() - self._curves_at >= CURVES_EVERY_S:
+            self.draw_curves()
+
+    def draw_curves(self) -> None:
+        """Draw ``curves.png`` from ``metrics.jsonl`` (a failure is a warning: it never stops training)."""
+        self._curves_at, self._curves_behind = time.perf_counter(), False
         try:
-            plot_curves(self._read_lines(self.out / "metrics.jsonl"), self.out / "curves.png")
-        except Exception as e:  # a plotting problem must never stop training
+            plots.plot_curves(self._read_lines(self.out / "metrics.jsonl"), self.out / "curves.png")
+        except Exception as e:
             log.warning("could not draw curves.png: %s", e)
 
     def save_last(self, payload: dict) -> None:
@@ -155,6 +167,8 @@ class RunWriter:
                    "compile_seconds": result.compile_seconds, "wall_seconds": result.wall_seconds,
                    "epochs": len(result.history), "epochs_trained": result.epochs_trained}
         io.write_json(self.out / "result.json", summary)
+        if self._curves_behind:
+            self.draw_curves()
         step = self.history[-1]["step"] if self.history else 0
         self.loggers.finish(result.test_ema or result.test, list(result.classes), step)
 
