@@ -59,6 +59,8 @@ def test_stem_stride_1_keeps_the_first_stage_at_full_resolution():
     assert sum(p.numel() for p in full.parameters()) == sum(p.numel() for p in half.parameters())
     full.init_from_data(x)
     assert full.stem[0].weight.abs().sum() > 0 and not full.stem[0].weight.requires_grad
+    named = create_model("resnet_cpu_fullres")  # the registered name for it
+    assert named.stem[0].stride == (1, 1) and named.stem(x).shape[-1] == 31
 
 
 def test_bad_options_are_user_errors():

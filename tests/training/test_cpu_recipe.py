@@ -29,6 +29,16 @@ def test_recipe_model_options_follow_the_model():
     assert resolve_config("cpu-fast", model_kwargs={"whiten": False}).model_kwargs == {"whiten": False}
 
 
+def test_a_model_of_the_recipes_family_keeps_the_recipes_model_options():
+    # resnet_cpu_fullres is resnet_cpu with a stride-1 stem: the recipe's whitening stem applies to it
+    cfg = resolve_config("cpu-fast", model="resnet_cpu_fullres")
+    assert (cfg.model, cfg.model_kwargs) == ("resnet_cpu_fullres", {"whiten": True})
+    both = resolve_config("cpu-fast", model="resnet_cpu_fullres", model_kwargs={"stem_width": 32}).model_kwargs
+    assert both == {"whiten": True, "stem_width": 32}
+    assert resolve_config("cpu-fast", model="resnet9").model_kwargs == {}  # another family: none of them
+    assert resolve_config("cpu-fast", model="no_such_net").model_kwargs == {}  # reported when it is built
+
+
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
 def test_a_run_cannot_change_a_recipe(recipe):
     before = repr(RECIPES[recipe].values)

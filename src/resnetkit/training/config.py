@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import UserError
+from ..models.registry import UnknownModelError, model_info
 from ..runtime.inference import tta_mode
 from .loggers import check_installed
 
@@ -180,6 +181,16 @@ def resolve_recipe_defaults(recipe: str) -> dict[str, Any]:
     return {**TrainConfig().to_dict(), **RECIPES[recipe].values, "recipe": recipe}
 
 
+def _same_family(name: str, recipe_model: str | None) -> bool:
+    """Whether ``name`` is built like the recipe's model, so the recipe's model options apply to it too."""
+    if name == recipe_model:
+        return True
+    try:
+        return recipe_model is not None and model_info(name).family == model_info(recipe_model).family
+    except UnknownModelError:
+        return False  # the unknown name is reported where the model is built
+
+
 def resolve_config(recipe: str | None = None, **overrides: Any) -> TrainConfig:
     """The recipe's values over the dataclass defaults, then every non-``None`` override."""
     name = recipe or "default"
@@ -191,8 +202,8 @@ def resolve_config(recipe: str | None = None, **overrides: Any) -> TrainConfig:
         raise UserError(f"unknown training option(s): {', '.join(unknown)}")
     given = {k: (os.fspath(v) if isinstance(v, os.PathLike) else v) for k, v in overrides.items() if v is not None}
     recipe_values = copy.deepcopy(RECIPES[name].values)  # a run must never edit the recipe's dicts
-    if "model" in given and given["model"] != recipe_values.get("model"):
-        recipe_values.pop("model_kwargs", None)  # the recipe's model options are for its own model
+    if "model" in given and not _same_family(given["model"], recipe_values.get("model")):
+        recipe_values.pop("model_kwargs", None)  # the recipe's model options are for its own family
     elif "model_kwargs" in given:
         given["model_kwargs"] = {**recipe_values.get("model_kwargs", {}), **given["model_kwargs"]}
     values = {**recipe_values, **given}
