@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from resnetkit.cli import main
 from resnetkit.cli.train import _duration
@@ -68,6 +69,18 @@ def test_budget_run_trains_for_the_budget_decays_to_zero_and_resumes(tmp_path):
     more = fit(resume=out, resume_overrides={"time_budget": budget + 1.0})  # a larger budget goes on
     assert more.history[-1]["step"] > steps
     assert budget + 1.0 - 0.05 <= more.train_seconds <= budget + 1.0 + 2.0
+
+
+def test_a_run_paused_mid_epoch_counts_the_seconds_before_the_pause_in_that_epochs_row(tmp_path):
+    out = tmp_path / "run"
+    # 3 steps an epoch: paused after 2 steps of the first, in the middle of its budget
+    fit(resolve_config("cpu-fast", time_budget=1.0, stop_after_steps=2, out=str(out), **TINY))
+    before = torch.load(out / "last.pt", weights_only=True)["train_clock"]
+    assert before > 0
+    more = fit(resume=out)
+    assert more.history[0]["seconds"] > before  # the first epoch's row holds the paused part too
+    end = torch.load(out / "last.pt", weights_only=True)["train_clock"]
+    assert more.train_seconds == pytest.approx(end, abs=1e-6) and end >= 1.0 - 0.05
 
 
 def test_cli_train_time_budget(tmp_path, capsys):

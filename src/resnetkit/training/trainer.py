@@ -357,10 +357,10 @@ class Trainer:
             reduce_loss=self.dist.all_reduce_mean if self.dist.enabled else None,
             mixer=s.mixer, num_classes=s.data.num_classes, after_update=self.after_update,
         )
-        # the epoch's seconds as the budget's clock counted them (its set-up included), so the
-        # training time reported is the time the budget was spent on
-        stats.seconds = time.perf_counter() - self.clock_t0
-        self.clock_base, self.clock_t0 = self.clock_base + stats.seconds, None
+        self.clock_base, self.clock_t0 = self.clock_base + (time.perf_counter() - self.clock_t0), None
+        # the epoch's seconds as the budget's clock counted them (its set-up included, and the part
+        # before a mid-epoch resume), so the rows add up to the time the budget was spent on
+        stats.seconds = self.clock_base - sum(r["seconds"] for r in self.history)
         if self.bar is not None:
             self.bar.close()
         return stats
