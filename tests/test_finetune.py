@@ -93,6 +93,24 @@ def test_freeze_backbone_from_safetensors(tv18, start: dict, tmp_path: Path) -> 
     assert changed == ["fc.weight", "fc.bias"]  # every backbone parameter exactly as loaded
 
 
+def test_a_frozen_fine_tune_resumes_with_its_backbone_still_frozen(tv18, tmp_path: Path) -> None:
+    tv_state, _, st = tv18
+    out = tmp_path / "run"
+    # 200 images in batches of 50: 4 steps an epoch; stop after 2, then finish the epoch by resuming
+    resnetkit.train(**TRAIN, pretrained=str(st), freeze_backbone=True, stop_after_steps=2, out=str(out))
+    assert peek(out / "last.pt")["global_step"] == 2
+    result = resnetkit.resume(out)  # refused before: the optimizer state held one group fewer than the model
+    final = peek(result.out_dir / "last.pt")
+    assert final["global_step"] == 4
+    assert [k for k, v in _backbone(tv_state).items() if not torch.equal(final["model"][k], v)] == []
+
+
+def test_freeze_backbone_without_pretrained_weights_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(resnetkit.UserError, match="freeze_backbone.*needs.*pretrained"):
+        resnetkit.train(**TRAIN, freeze_backbone=True, max_steps=1, out=str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
 def test_wrong_architecture_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "resnet34.pth"
     torch.save(_torchvision_state("resnet34", 1), path)

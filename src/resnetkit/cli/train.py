@@ -134,7 +134,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="seed of the --test-split draw (kept apart from --seed so runs with different seeds "
                         "share one test split)")
     g.add_argument("--pretrained", help="start from torchvision weights (e.g. IMAGENET1K_V2) or a .pth/.safetensors file")
-    g.add_argument("--freeze-backbone", action="store_true", default=None, help="train only the classifier")
+    g.add_argument("--freeze-backbone", action="store_true", default=None,
+                   help="train only the classifier (with --pretrained)")
     g.add_argument("--backbone-lr-mult", type=float, help="backbone learning rate as a fraction of --lr")
     h = p.add_argument_group("optimisation")
     length = h.add_mutually_exclusive_group()

@@ -268,3 +268,6 @@ def validate(cfg: TrainConfig) -> None:
     check_installed([*cfg.log, *(["tensorboard"] if cfg.tensorboard else [])])
     if cfg.backbone_lr_mult < 0:
         raise UserError(f"<<backbone_lr_mult>> must be >= 0, got {cfg.backbone_lr_mult}")
+    if cfg.freeze_backbone and not cfg.pretrained:
+        raise UserError("<<freeze_backbone>> needs <<pretrained>> weights to keep (a random backbone would stay "
+                        "random); add <<pretrained>> or drop <<freeze_backbone>>")

@@ -46,8 +46,17 @@ def _torchvision_state(model_name: str, weights_name: str) -> dict:
                         f"file with --pretrained PATH") from None
 
 
+def freeze_backbone(model: nn.Module) -> None:
+    """Train only the classifier ``fc``: every other parameter stops taking gradients.
+
+    Called on a fresh run and on every resume, so the optimizer is built over the same parameters.
+    """
+    for name, p in model.named_parameters():
+        p.requires_grad = name.startswith("fc.")
+
+
 def apply_pretrained(model: nn.Module, source: str, model_name: str, data: ImageData,
-                     freeze_backbone: bool = False) -> tuple[tuple[float, ...], tuple[float, ...]]:
+                     freeze: bool = False) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Load ``source`` into ``model`` (new head), optionally freeze the rest; returns mean/std."""
     path = Path(source)
     if path.exists():
@@ -63,9 +72,8 @@ def apply_pretrained(model: nn.Module, source: str, model_name: str, data: Image
         log.info("loaded %s; new classifier for %d classes (%s)", origin, data.num_classes, ", ".join(fresh))
     else:
         log.info("loaded %s", origin)
-    if freeze_backbone:
-        for name, p in model.named_parameters():
-            p.requires_grad = name.startswith("fc.")
+    if freeze:
+        freeze_backbone(model)
     stem_is_imagenet = getattr(model, "maxpool", None) is not None and isinstance(model.maxpool, nn.MaxPool2d)
     if stem_is_imagenet and ("fc.weight" in state and state["fc.weight"].shape[0] == 1000):
         return IMAGENET_MEAN, IMAGENET_STD

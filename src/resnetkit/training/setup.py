@@ -39,7 +39,7 @@ from .distributed import DistContext
 from .ema import ModelEma
 from .loop import StepState, train_epoch
 from .optim import build_sgd
-from .pretrained import apply_pretrained
+from .pretrained import apply_pretrained, freeze_backbone
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +148,8 @@ def build(cfg: TrainConfig, ckpt: dict | None, dist: DistContext, data: ImageDat
         mean, std = apply_pretrained(model, cfg.pretrained, cfg.model, data, cfg.freeze_backbone)
     elif cfg.pretrained and ckpt is not None:
         mean, std = tuple(ckpt["mean"]), tuple(ckpt["std"])
+        if cfg.freeze_backbone:  # the optimizer must see the parameters the run trained
+            freeze_backbone(model)
     if ckpt is None and not cfg.pretrained and hasattr(model, "init_from_data"):
         # e.g. resnet_cpu's patch-whitening stem, from the first 5,000 training images as the loader
         # normalises them (fixed images, no RNG drawn: runs stay reproducible)
