@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..data.synthetic import parse_synthetic
 from ..errors import UserError
 from ..models.registry import UnknownModelError, model_info
 from ..runtime.inference import tta_mode
@@ -191,6 +192,19 @@ def _same_family(name: str, recipe_model: str | None) -> bool:
         return False  # the unknown name is reported where the model is built
 
 
+def _absolute_source(data: str, dataset: str | None) -> str:
+    """A data path made absolute, so resume, ``eval`` and reports find it from any directory.
+
+    ``synthetic``/``synthetic:N`` are names, not paths, and stay as they are.
+    """
+    try:
+        if dataset == "synthetic" or parse_synthetic(data) is not None:
+            return data
+    except UserError:
+        return data  # a malformed synthetic name is reported where the data is prepared
+    return os.path.abspath(os.path.expanduser(data))
+
+
 def resolve_config(recipe: str | None = None, **overrides: Any) -> TrainConfig:
     """The recipe's values over the dataclass defaults, then every non-``None`` override."""
     name = recipe or "default"
@@ -201,6 +215,8 @@ def resolve_config(recipe: str | None = None, **overrides: Any) -> TrainConfig:
     if unknown:
         raise UserError(f"unknown training option(s): {', '.join(unknown)}")
     given = {k: (os.fspath(v) if isinstance(v, os.PathLike) else v) for k, v in overrides.items() if v is not None}
+    if isinstance(given.get("data"), str):
+        given["data"] = _absolute_source(given["data"], given.get("dataset"))
     recipe_values = copy.deepcopy(RECIPES[name].values)  # a run must never edit the recipe's dicts
     if "model" in given and not _same_family(given["model"], recipe_values.get("model")):
         recipe_values.pop("model_kwargs", None)  # the recipe's model options are for its own family

@@ -40,17 +40,27 @@ def resume_changes(saved: dict, given: dict, run_dir: Path) -> dict:
 
     ``saved`` is the checkpoint's configuration; ``--out`` must name the run being resumed.
     """
-    differing = []
+    differing, moved = [], {}
     for key, value in given.items():
         if value is None or key in RESUME_OVERRIDABLE or key in IGNORED:
             continue
         old = saved.get(key)
+        if key == "data" and _moved(old, value):
+            moved["data"] = os.path.abspath(os.path.expanduser(str(value)))
+            continue
         if not _same(key, old, value, run_dir):
             differing.append(f"--{key.replace('_', '-')} is {old!r} in the checkpoint but {value!r} was given")
     if differing:
         raise UserError("cannot resume with settings that differ from the checkpoint's (" + "; ".join(differing)
                         + "); drop those flags or start a new run")
-    return {k: v for k, v in given.items() if v is not None and k in RESUME_OVERRIDABLE}
+    return {**{k: v for k, v in given.items() if v is not None and k in RESUME_OVERRIDABLE}, **moved}
+
+
+def _moved(saved: object, given: object) -> bool:
+    """Whether the run's data path is gone and ``given`` names data that exists: the data was moved."""
+    if saved is None or _is_synthetic(str(saved)):
+        return False
+    return not Path(str(saved)).expanduser().exists() and Path(str(given)).expanduser().exists()
 
 
 def resume_config(run: str | Path, overrides: dict | None) -> tuple[TrainConfig, dict]:
@@ -65,7 +75,14 @@ def resume_config(run: str | Path, overrides: dict | None) -> tuple[TrainConfig,
     # a stop point is where the earlier part ended, never inherited by the continuation
     cfg = TrainConfig.from_dict({**ckpt["config"], "stop_after_steps": None, **extra})
     cfg.out = str(last.parent)
+    if not cfg.download and not _is_synthetic(cfg.data) and not Path(cfg.data).expanduser().exists():
+        raise UserError(f"this run's data {cfg.data} does not exist (moved, or a relative path from another "
+                        f"directory); resume with <<data>> set to where it is now")
     return cfg, ckpt
+
+
+def _is_synthetic(data: str) -> bool:
+    return data == "synthetic" or data.startswith("synthetic:")
 
 
 RESTART_ENV = "TORCHELASTIC_RESTART_COUNT"
