@@ -107,6 +107,17 @@ def test_jpeg_fast_path_matches_pillow(tmp_path: Path, monkeypatch: pytest.Monke
     assert (without.train_images.int() - data.train_images.int()).abs().max() <= 1
 
 
+def test_one_thumbnail_first_does_not_set_the_size_of_the_dataset(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for i in range(6):
+            side = 5 if (split, i) == ("train", 0) else 20 + i  # train/c/000.png, the first file, is a thumbnail
+            save(Image.fromarray(rng.integers(0, 255, (side, side + 3, 3), dtype=np.uint8)),
+                 tmp_path / split / "c" / f"{i:03d}.png")
+    data = prepare_data(tmp_path)
+    assert data.image_size == 22  # the lower median of 5, 21, 22, 23, 24, 25 (was 5: the first image's)
+
+
 def test_resize_shorter_side_then_center_crop(tmp_path: Path) -> None:
     # 24 wide x 16 high: red | green | blue thirds, 8 px each.
     arr = np.zeros((16, 24, 3), np.uint8)
@@ -116,7 +127,7 @@ def test_resize_shorter_side_then_center_crop(tmp_path: Path) -> None:
     for split in ("train", "test"):
         save(Image.fromarray(arr), tmp_path / split / "c" / "wide.png")
     native = prepare_data(tmp_path)
-    assert native.image_size == 16  # default S: the first image's shorter side
+    assert native.image_size == 16  # default S: the images' (median) shorter side
     data = prepare_data(tmp_path, image_size=8)
     img = data.train_images[0]
     assert img.shape == (3, 8, 8)

@@ -35,7 +35,8 @@ from .images import Ref, decode_images, image_extensions, image_size
 
 logger = logging.getLogger(__name__)
 
-MAX_DEFAULT_SIZE = 224  # default S is the first image's shorter side, capped here (ImageNet size)
+MAX_DEFAULT_SIZE = 224  # default S is the images' median shorter side, capped here (ImageNet size)
+SIZE_SAMPLE = 25  # images whose sizes give the default S
 CHUNK = 256  # images per decode task: few enough tasks to keep pool overhead negligible
 _JUNK = {"thumbs.db", "desktop.ini", "__macosx"}
 
@@ -231,15 +232,30 @@ def _collect(source: Path, files: dict[str, Ref], dirs: set[str], root: str, tes
     return classes, [sorted((rel, index[c]) for c, rels in split.items() for rel in rels) for split in per_split]
 
 
-def _first_size(refs: list[Ref]) -> int:
-    """The shorter side of the first readable image, capped at ``MAX_DEFAULT_SIZE``."""
-    for ref in refs:
+def _default_size(refs: list[Ref]) -> int:
+    """The median shorter side of up to ``SIZE_SAMPLE`` readable images spread over ``refs``, capped.
+
+    A median, not the first image, so one thumbnail (or one huge photo) does not set the size of
+    the whole dataset; a folder of one size gets that size.
+    """
+    step = max(1, len(refs) // SIZE_SAMPLE)
+    sides: list[int] = []
+    for ref in refs[::step]:
         try:
             data = ref.read_bytes() if isinstance(ref, Path) else ref
-            return min(*image_size(data), MAX_DEFAULT_SIZE)
-        except Exception:  # a bad first file is reported with the others later
+            sides.append(min(image_size(data)))
+        except Exception:  # a bad file is reported with the others later
             continue
-    return MAX_DEFAULT_SIZE
+        if len(sides) == SIZE_SAMPLE:
+            break
+    if not sides:
+        return MAX_DEFAULT_SIZE
+    sides.sort()
+    size = min(sides[(len(sides) - 1) // 2], MAX_DEFAULT_SIZE)  # the lower median: a size the data has
+    if sides[0] != sides[-1]:
+        logger.info("images of shorter sides %d..%d px: all resized to %dx%d (the median, capped at %d; "
+                    "--image-size chooses another)", sides[0], sides[-1], size, size, MAX_DEFAULT_SIZE)
+    return size
 
 
 def _name(source: Path, rel: str) -> str:
@@ -263,7 +279,7 @@ def load_folder(source: Path, *, image_size: int | None = None, skip_bad_images:
                     len(tst), len(train) + len(tst), source, test_split, test_split_seed)
     entries = train + tst
     refs = [files.pop(rel) for rel, _ in entries]
-    size = image_size or _first_size(refs[:len(train)])
+    size = image_size or _default_size(refs[:len(train)])
     n = len(entries)
     images = torch.empty((n, 3, size, size), dtype=torch.uint8)
     logger.info("decoding %d images from %s at %dx%d", n, source, size, size)

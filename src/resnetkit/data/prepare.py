@@ -137,7 +137,7 @@ def prepare_data(source: str | Path, *, dataset: str | None = None, image_size: 
     """Turn ``source`` into ``ImageData`` (uint8 tensors + labels + mean/std), via the cache.
 
     ``dataset`` forces the kind (one of ``KINDS``); ``image_size`` resizes to S x S (default: 32 for
-    CIFAR and synthetic, the first image's shorter side capped at 224 for folders); ``workers`` is
+    CIFAR and synthetic, the training images' median shorter side capped at 224 for folders); ``workers`` is
     the number of decoding threads (default ``os.cpu_count()``). With ``download=True``, missing
     CIFAR data is fetched into ``source`` (a folder, or the archive path itself); the kind is
     ``dataset``, else CIFAR-100 if the path's name says so, else CIFAR-10. ``test_split`` (a
