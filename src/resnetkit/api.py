@@ -360,6 +360,9 @@ def model_summary(name: str, input_size: tuple[int, int] | None = None, num_clas
     channels = in_channels or info.input_size[0]
     hw = tuple(input_size) if input_size else tuple(info.input_size[1:])
     model = meta_model(name, num_classes=num_classes, in_channels=in_channels)
+    need = getattr(model, "min_input_size", 1)
+    if min(hw) < need:
+        raise UserError(f"{name} takes images of at least {need}x{need} pixels, got {hw[0]}x{hw[1]}")
     return {"family": info.family, "num_classes": model.num_classes,
             "summary": summarize(model, (channels, *hw), name=name)}
 

@@ -15,9 +15,14 @@ class ClassifierAPI(nn.Module):
     num_classes: int
     fc_bias: bool = True
 
+    min_input_size = 1  # the smallest height and width the network takes (pooling layers set it)
+
     def _check_input(self, x: torch.Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"expected input of shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        if min(x.shape[-2:]) < self.min_input_size:
+            raise ValueError(f"{type(self).__name__} takes images of at least {self.min_input_size}x"
+                             f"{self.min_input_size} pixels, got {x.shape[-2]}x{x.shape[-1]}")
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

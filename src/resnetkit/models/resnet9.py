@@ -39,6 +39,7 @@ class ResNet9(ClassifierAPI):
     """ResNet-9 for small images. ``widths`` = (prep, layer1, layer2, layer3)."""
 
     fc_bias = False
+    min_input_size = 8  # three 2x2 max-pools
 
     def __init__(self, num_classes: int = 10, in_channels: int = 3, widths: tuple[int, ...] = (64, 128, 256, 512),
                  width_mult: float = 1.0, logit_scale: float = 0.125, plain: bool = False,

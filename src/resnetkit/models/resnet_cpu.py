@@ -81,6 +81,8 @@ class ResNetCPU(ClassifierAPI):
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.whiten = whiten
+        # the 2x2 stem leaves (H - 2) // stride + 1 pixels, and each stage's max-pool halves them
+        self.min_input_size = stem_stride * (2 ** len(widths) - 1) + 2
         self.stem = nn.Sequential(nn.Conv2d(in_channels, stem_width, 2, stride=stem_stride, bias=False),
                                   nn.BatchNorm2d(stem_width, momentum=bn_momentum), nn.ReLU(inplace=True))
         stages = []

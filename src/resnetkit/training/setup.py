@@ -123,6 +123,9 @@ def build(cfg: TrainConfig, ckpt: dict | None, dist: DistContext, data: ImageDat
         data, prep_seconds = _load_data(cfg, dist, progress)
     else:
         prep_seconds = 0.0
+    if cfg.val_split >= len(data.train_labels):  # before the batch is scaled to what would be left
+        raise UserError(f"--val-split {cfg.val_split} must be smaller than the {len(data.train_labels)} training images")
+    _check_image_size(cfg, data)
     if cfg.adapt_batch and ckpt is None:
         n_train = len(data.train_labels) - cfg.val_split
         batch, lr = adapted_batch(cfg.batch_size, cfg.lr, n_train, dist.world_size)
@@ -136,10 +139,10 @@ def build(cfg: TrainConfig, ckpt: dict | None, dist: DistContext, data: ImageDat
                         f"{dist.world_size} processes; use a number of processes that divides it")
     per_rank = cfg.batch_size // dist.world_size
     tx, ty, vx, vy = _split(data, cfg.val_split, cfg.seed)
+    if cfg.batch_size > len(tx):  # before the precision probe, which can take a minute
+        raise UserError(f"--batch-size {cfg.batch_size} is larger than the {len(tx)} training images")
     precision, channels_last = _pinned_precision(cfg, ckpt, device) or _precision_layout(cfg, device, dist, data,
                                                                                          per_rank)
-    if cfg.batch_size > len(tx):
-        raise UserError(f"--batch-size {cfg.batch_size} is larger than the {len(tx)} training images")
 
     model = create_model(cfg.model, num_classes=data.num_classes, in_channels=int(data.train_images.shape[1]),
                          **cfg.model_kwargs)
@@ -194,6 +197,21 @@ def build(cfg: TrainConfig, ckpt: dict | None, dist: DistContext, data: ImageDat
     log.info("device %s, precision %s, channels_last %s, %d train / %d test images, %d classes",
              device, precision, channels_last, len(tx), len(data.test_labels), data.num_classes)
     return s
+
+
+def _check_image_size(cfg: TrainConfig, data: ImageData) -> None:
+    """Refuse images smaller than the network takes (its pooling layers), in one sentence, before any work."""
+    smallest = min([data.image_size, *(cfg.progressive_sizes or [])])
+    if smallest >= 32:  # every registered network takes 32x32; only small images need the check's model build
+        return
+    with torch.random.fork_rng(devices=[]):  # building the model draws weights: leave the run's RNG as it was
+        need = getattr(create_model(cfg.model, num_classes=data.num_classes,
+                                    in_channels=int(data.train_images.shape[1]), **cfg.model_kwargs),
+                       "min_input_size", 1)
+    if smallest < need:
+        raise UserError(f"{cfg.model} takes images of at least {need}x{need} pixels, but this run would train at "
+                        f"{smallest}x{smallest}; use <<image_size={need}>> or more (and no smaller "
+                        f"<<progressive_sizes>>)")
 
 
 def _pinned_precision(cfg: TrainConfig, ckpt: dict | None, device: torch.device) -> tuple[str, bool] | None:

@@ -1,0 +1,60 @@
+"""Inputs a run cannot use are refused in one sentence before any slow work (the precision probe).
+
+Images smaller than a network's pooling layers take used to end in a PyTorch traceback from inside
+the model; a batch larger than the data was refused only after the probe had timed every precision.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import pytest
+import torch
+
+import resnetkit
+from resnetkit.checkpoint import peek
+from resnetkit.models import create_model
+
+setup_mod = importlib.import_module("resnetkit.training.setup")
+
+
+@pytest.mark.parametrize("name, smallest", [("resnet_cpu", 16), ("resnet_cpu_fullres", 9), ("resnet9", 8),
+                                            ("resnet20", 1)])
+def test_each_network_states_the_smallest_images_it_takes(name: str, smallest: int) -> None:
+    model = create_model(name).eval()
+    assert model.min_input_size == smallest
+    with torch.no_grad():
+        assert model(torch.zeros(1, 3, smallest, smallest)).shape == (1, 10)
+        if smallest > 1:
+            with pytest.raises(ValueError, match=f"at least {smallest}x{smallest} pixels, got {smallest - 1}x"):
+                model(torch.zeros(1, 3, smallest - 1, smallest - 1))
+
+
+@pytest.fixture()
+def probe_calls(monkeypatch: pytest.MonkeyPatch) -> list:
+    calls: list = []
+    monkeypatch.setattr(setup_mod, "resolve_precision_layout", lambda *a, **k: calls.append(a) or ("fp32", False))
+    return calls
+
+
+def test_images_too_small_for_the_network_are_refused_before_the_probe(tmp_path: Path, probe_calls: list) -> None:
+    with pytest.raises(resnetkit.UserError, match="resnet_cpu takes images of at least 16x16 pixels, but this run "
+                                                  "would train at 12x12; use image_size=16 or more"):
+        resnetkit.train("resnet_cpu", "synthetic:64", image_size=12, epochs=1, out=str(tmp_path / "run"))
+    with pytest.raises(resnetkit.UserError, match="would train at 8x8"):  # a progressive size counts too
+        resnetkit.train("resnet_cpu", "synthetic:64", progressive_sizes=[8, 32], epochs=1, out=str(tmp_path / "r2"))
+    assert probe_calls == [] and not (tmp_path / "run").exists()
+
+
+def test_a_batch_larger_than_the_data_is_refused_before_the_probe(tmp_path: Path, probe_calls: list) -> None:
+    with pytest.raises(resnetkit.UserError, match="--batch-size 100 is larger than the 64 training images"):
+        resnetkit.train("resnet20", "synthetic:64", batch_size=100, epochs=1, out=str(tmp_path / "run"))
+    assert probe_calls == []
+
+
+def test_small_images_a_network_takes_still_train(tmp_path: Path) -> None:
+    r = resnetkit.train("resnet_cpu", "synthetic:64", image_size=16, epochs=1, batch_size=32, precision="fp32",
+                        out=str(tmp_path / "run"), progress=False)
+    ckpt = peek(r.out_dir / "last.pt")
+    assert ckpt["image_size"] == 16 and ckpt["global_step"] == 2  # 64 images in batches of 32
