@@ -182,8 +182,17 @@ def explain_images(model: nn.Module, images: Any, *, target_class: int | str | N
         for start in range(0, len(pixels), max(1, batch_size)):
             raw = pixels[start:start + batch_size]
             x = normalize(raw.to(device), mean, std)
-            with torch.no_grad():
-                probs = torch.softmax(model(x).float(), dim=1)
+            shapes: list[tuple[int, ...]] = []
+            hook = module.register_forward_hook(lambda _m, _i, o, seen=shapes: seen.append(tuple(getattr(o, "shape", ()))))
+            try:
+                with torch.no_grad():
+                    probs = torch.softmax(model(x).float(), dim=1)
+            finally:
+                hook.remove()
+            if not shapes or len(shapes[0]) != 4 or max(shapes[0][-2:]) < 2:
+                got = f"shape {shapes[0]}" if shapes else "nothing"
+                raise UserError(f"layer {layer_name!r} outputs {got}, not a spatial map larger than 1x1; Grad-CAM "
+                                f"needs a convolutional layer, such as {default_layer(model)!r} (the default)")
             pred = probs.argmax(1)
             tgt = pred if target is None else torch.full_like(pred, target)
             cams = grad_cam(model, x, tgt, module).cpu().numpy().astype(np.float32)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -145,3 +146,11 @@ def test_missing_extra_is_one_sentence(monkeypatch: pytest.MonkeyPatch) -> None:
 
     with pytest.raises(UserError, match=r'pip install "resnetkit\[explain\]"'):
         render_report([{}], "x.html")
+
+
+@pytest.mark.parametrize("layer, got", [("fc", "shape (1, 10)"), ("avgpool", "shape (1, 16, 1, 1)")])
+def test_a_layer_without_a_spatial_map_is_one_sentence(layer: str, got: str) -> None:
+    model = _as_checkpoint_model("resnet20", 32)  # quarter width: 16 channels at the end
+    imgs = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8)
+    with pytest.raises(UserError, match=rf"layer '{layer}' outputs {re.escape(got)}, not a spatial map.*'layer3'"):
+        explain_images(model, imgs, layer=layer)  # was a traceback from captum (fc) or a blank 1x1 map (avgpool)
