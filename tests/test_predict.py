@@ -275,6 +275,18 @@ def test_cli_reports_bad_files_and_exits_1(ckpt: Path, tmp_path: Path, capsys: p
     assert "Traceback" not in captured.err
 
 
+def test_cli_reports_a_missing_file_and_still_classifies_the_rest(ckpt: Path, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    files = _cli_files(tmp_path)
+    gone = tmp_path / "gone.png"
+    assert main(["predict", str(ckpt), str(gone), str(files[0])]) == 1  # was exit 2, nothing classified
+    captured = capsys.readouterr()
+    assert [line.split()[0] for line in captured.out.splitlines()[1:]] == [str(files[0])]
+    assert f"cannot read {gone}: does not exist" in captured.err and "1 of 2 file(s)" in captured.err
+    assert main(["predict", str(ckpt), str(gone), str(tmp_path / "also-gone.png")]) == 2  # nothing to classify
+    assert f"{gone} does not exist" in capsys.readouterr().err
+
+
 class _RunsCode:
     """Unpickling this object would create ``marker`` (the attack a weights-only load stops)."""
 

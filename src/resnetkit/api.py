@@ -327,15 +327,16 @@ def predict_files(checkpoint: str | Path, inputs: Sequence[str | Path], *, top_k
                   ) -> tuple[list[Prediction], list[tuple[str, str]], nn.Module]:
     """Classify files, folders (recursively) and glob patterns with a checkpoint.
 
-    Returns ``(predictions, failures, model)``: unreadable files are ``(path, reason)`` failures,
-    not errors, so one bad file never stops the rest.
+    Returns ``(predictions, failures, model)``: unreadable and missing files are ``(path, reason)``
+    failures, not errors, so one bad file never stops the rest (nothing to classify at all is an error).
     """
     if top_k < 1 or batch_size < 1:
         raise UserError("--top-k and --batch-size must be at least 1")
-    paths = expand_inputs(inputs)
+    missing: list[str] = []
+    paths = expand_inputs(inputs, missing)
     model = load_checkpoint(checkpoint, resolve_device(device), weights)
     preds, failures = predict_paths(model, paths, top_k=top_k, tta=tta, batch_size=batch_size)
-    return preds, failures, model
+    return preds, [(m, "does not exist") for m in missing] + failures, model
 
 
 def export(checkpoint: str | Path, fmt: str, out: str | Path | None = None, *, tolerance: float = TOLERANCE,

@@ -208,17 +208,24 @@ def predict_paths(model: nn.Module, paths: Sequence[str | Path], top_k: int = 5,
     return preds, failures
 
 
-def expand_inputs(args: Sequence[str | Path]) -> list[Path]:
+def expand_inputs(args: Sequence[str | Path], missing: list[str] | None = None) -> list[Path]:
     """Files, folders (searched recursively for image files) and glob patterns -> file paths.
 
     Named files are kept whatever their extension (a bad one is reported when read); order is
-    that of ``args``, folders and globs sorted; duplicates are dropped.
+    that of ``args``, folders and globs sorted; duplicates are dropped. A path that does not exist
+    is an error, unless ``missing`` is given: it is then added there, and it is an error only
+    when nothing else was found.
     """
     exts = image_extensions()
     out: dict[Path, None] = {}
+    gone: list[str] = []
     for arg in args:
         p = Path(arg)
-        if p.is_file():
+        if not p.exists() and not glob.has_magic(str(arg)):
+            gone.append(str(arg))
+            if missing is None or len(gone) == len(args):
+                raise UserError(f"{gone[0]} does not exist (expected an image file, a folder or a glob pattern)")
+        elif p.is_file():
             out[p] = None
         elif p.is_dir():
             found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in exts
@@ -236,6 +243,8 @@ def expand_inputs(args: Sequence[str | Path]) -> list[Path]:
             out.update(dict.fromkeys(files))
         else:
             raise UserError(f"{arg} does not exist (expected an image file, a folder or a glob pattern)")
+    if missing is not None:
+        missing += gone
     return list(out)
 
 
