@@ -7,6 +7,7 @@ the model; a batch larger than the data was refused only after the probe had tim
 from __future__ import annotations
 
 import importlib
+import json
 from pathlib import Path
 
 import pytest
@@ -58,3 +59,19 @@ def test_small_images_a_network_takes_still_train(tmp_path: Path) -> None:
                         out=str(tmp_path / "run"), progress=False)
     ckpt = peek(r.out_dir / "last.pt")
     assert ckpt["image_size"] == 16 and ckpt["global_step"] == 2  # 64 images in batches of 32
+
+
+def test_a_run_paused_by_stop_after_steps_says_so_and_counts_its_seconds(tmp_path: Path, capsys) -> None:
+    from resnetkit.cli import main
+
+    out = tmp_path / "run"
+    # 64 images in batches of 16: 4 steps an epoch; stop 2 steps into the second of 3 epochs
+    assert main(["train", "--model", "resnet20", "--data", "synthetic:64", "--image-size", "8", "--batch-size", "16",
+                 "--precision", "fp32", "--epochs", "3", "--stop-after-steps", "6", "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert "after 1.50 epochs; train " in lines[-2]  # was "after 1 epoch(s)"
+    assert lines[-1] == (f"resnetkit train: stopped at step 6 as --stop-after-steps asked; {out}/last.pt holds it, "
+                         f"continue with --resume {out}")
+    saved = json.loads((out / "result.json").read_text())
+    rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and saved["train_seconds"] > rows[0]["seconds"]  # the half epoch's seconds count too

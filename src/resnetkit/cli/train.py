@@ -267,12 +267,15 @@ def main(args: argparse.Namespace) -> int:
         result = api.train(recipe=args.recipe, progress=progress, report=not args.no_report, command=command,
                            auto_resume=args.auto_resume, **options)
     if int(os.environ.get("RANK", "0")) == 0:
-        t = result.test
+        t, paused = result.test, result.paused_at_step is not None
         print(f"resnetkit train: {result.config['model']} on {result.config['data']}: test top-1 {t['top1']:.2%}, "
               f"top-5 {t['top5']:.2%}, loss {t['loss']:.4f} after "
-              + (f"{result.epochs_trained:.2f} epochs" if result.config.get("time_budget") else
+              + (f"{result.epochs_trained:.2f} epochs" if result.config.get("time_budget") or paused else
                  f"{len(result.history)} epoch(s)") + "; "
               f"train {result.train_seconds:.1f}s, data prep {result.prep_seconds:.1f}s"
               + (f", compile {result.compile_seconds:.1f}s" if result.compile_seconds else "")
               + f"; wall {result.wall_seconds:.1f}s; run directory {result.out_dir}")
+        if paused:
+            print(f"resnetkit train: stopped at step {result.paused_at_step} as --stop-after-steps asked; "
+                  f"{result.out_dir}/last.pt holds it, continue with --resume {result.out_dir}")
     return 0

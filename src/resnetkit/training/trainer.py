@@ -78,6 +78,7 @@ class RunResult:
     # so the run's evaluation files can be written without a second pass
     test_logits: torch.Tensor | None = field(default=None, repr=False)
     epochs_trained: float = 0.0  # optimizer steps / steps per epoch (time-budget runs end mid-epoch)
+    paused_at_step: int | None = None  # set when --stop-after-steps stopped the run before its end
 
     @property
     def test_top1(self) -> float:
@@ -450,7 +451,10 @@ class Trainer:
                            self.evaluate(s.test_loader, s.ema.module) if s.ema is not None else None)
         final, eval_seconds, final_ema = self.tested[1], self.tested[2], self.tested[3]
         # the compile warm-up ran in setup, before the epoch clocks started: nothing to take off
-        train_seconds = sum(r["seconds"] for r in self.history)
+        paused = (self.stop_at is not None and self.stop_at <= state.global_step < self.total_steps
+                  and not self.budget_spent)
+        # a pause mid-epoch has no row for that epoch yet: the clock holds its seconds
+        train_seconds = self.clock() if paused else sum(r["seconds"] for r in self.history)
         result = RunResult(
             out_dir=Path(self.cfg.out) if self.cfg.out else None, history=self.history, test=final,
             prep_seconds=s.prep_seconds, train_seconds=train_seconds, compile_seconds=self.compile_seconds,
@@ -458,6 +462,7 @@ class Trainer:
             eval_seconds=eval_seconds, precision=s.precision, channels_last=s.channels_last,
             test_ema=final_ema, test_logits=self.test_logits,
             epochs_trained=state.global_step / max(1, self.steps_per_epoch),
+            paused_at_step=state.global_step if paused else None,
         )
         if self.writer is not None:
             self.writer.finish(result)
