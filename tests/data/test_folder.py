@@ -238,6 +238,20 @@ def test_decompression_bombs_are_bad_files(tmp_path: Path, monkeypatch: pytest.M
         prepare_data(tmp_path, image_size=8)
 
 
+def test_a_flat_tree_of_class_folders_trains_with_a_carved_test_split(tmp_path: Path) -> None:
+    tree = simple_tree(tmp_path / "t", classes=("cat", "dog", "owl"), per=10)
+    flat = tree / "train"  # cat/, dog/, owl/ directly: torchvision's ImageFolder layout
+    data = prepare_data(flat, test_split=0.2)
+    assert data.classes == ["cat", "dog", "owl"]
+    assert len(data.train_labels) == 24 and len(data.test_labels) == 6  # 2 of each class's 10 held out
+    assert sorted(data.test_labels.tolist()) == [0, 0, 1, 1, 2, 2]
+    with zipfile.ZipFile(tmp_path / "flat.zip", "w") as z:  # an archive of the folder, with its top folder
+        for f in sorted(p for p in flat.rglob("*") if p.is_file()):
+            z.write(f, "photos/" + f.relative_to(flat).as_posix())
+    zipped = prepare_data(tmp_path / "flat.zip", test_split=0.2)
+    assert zipped.classes == data.classes and torch.equal(zipped.test_labels, data.test_labels)
+
+
 def test_tree_errors_are_clear(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="does not exist"):
         prepare_data(tmp_path / "nope")
@@ -251,8 +265,12 @@ def test_tree_errors_are_clear(tmp_path: Path) -> None:
     (no_test / "test").rmdir()
     with pytest.raises(UserError, match="No test/ or val/ split"):
         prepare_data(no_test)
-    with pytest.raises(UserError, match="No train/ split"):
-        prepare_data(simple_tree(tmp_path / "b") / "test")
+    with pytest.raises(UserError, match="holds class folders without a test split; pass test_split=0.1"):
+        prepare_data(simple_tree(tmp_path / "b") / "test")  # a flat tree of class folders
+    save(rgb_noise(0), tmp_path / "deep" / "cat" / "more" / "x.png")
+    save(rgb_noise(1), tmp_path / "deep" / "dog" / "y.png")
+    with pytest.raises(UserError, match="No train/ split"):  # neither train/ nor only class folders of images
+        prepare_data(tmp_path / "deep", test_split=0.5)
 
     empty = simple_tree(tmp_path / "c")
     (empty / "train" / "zebra").mkdir()

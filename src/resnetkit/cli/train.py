@@ -128,8 +128,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="skip unreadable images and empty class folders (reported) instead of failing")
     g.add_argument("--val-split", type=int, help="hold out this many training images for model selection")
     g.add_argument("--test-split", type=float, metavar="FRACTION",
-                   help="for an image folder with only train/: hold out this fraction of each class as the test "
-                        "split, e.g. 0.1 (recorded in config.json; eval of the run reuses the same images)")
+                   help="for an image folder with only train/<class>/ or only <class>/ folders: hold out this "
+                        "fraction of each class as the test split, e.g. 0.1 (recorded in config.json; eval of "
+                        "the run reuses the same images)")
     g.add_argument("--test-split-seed", type=int, metavar="N",
                    help="seed of the --test-split draw (kept apart from --seed so runs with different seeds "
                         "share one test split)")

@@ -1,7 +1,8 @@
 """Image-folder trees (``train/<class>/*``, ``test/`` or ``val/``), as folders or archives -> uint8.
 
-A tree with only ``train/`` needs ``test_split`` (a fraction): the test split is then carved from
-it, seeded and stratified (``holdout.py``), before any image is decoded.
+A tree with only ``train/``, or only class folders (``<class>/*``, torchvision's ``ImageFolder``
+layout), needs ``test_split`` (a fraction): the test split is then carved from it, seeded and
+stratified (``holdout.py``), before any image is decoded.
 
 Archives (.tar, .tar.gz/.tgz, .zip) are read member by member into memory, never extracted. Images
 are decoded by a thread pool: JPEGs with torchvision's libjpeg-turbo op (which releases the GIL
@@ -20,7 +21,7 @@ import os
 import tarfile
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -166,14 +167,24 @@ def _list_source(source: Path) -> tuple[dict[str, Ref], set[str]]:
     return files, dirs
 
 
-def _find_root(source: Path, dirs: set[str], test_split: float | None = None) -> tuple[str, str | None]:
-    """The prefix of the tree (``""`` or one top-level folder) and the name of its test split.
+def _find_root(source: Path, dirs: set[str], test_split: float | None = None,
+               files: Iterable[str] = ()) -> tuple[str, str, str | None]:
+    """The prefix of the tree (``""`` or one top-level folder), its training split and its test split.
 
-    ``None`` for the test split when there is none and ``test_split`` asks to carve one.
+    The training split is ``"train"``, or ``""`` for a flat tree of class folders (``<class>/*``,
+    torchvision's ``ImageFolder`` layout), which needs ``test_split``. The test split is ``None``
+    when there is none and ``test_split`` asks to carve one.
     """
     tops = {d.split("/")[0] for d in dirs}
     roots = [""] if "train" in dirs else [f"{t}/" for t in tops if f"{t}/train" in dirs]
     if len(roots) != 1:
+        flat = _flat_root(dirs, files, tops)
+        if flat is not None and test_split is not None:
+            return flat, "", None
+        if flat is not None:
+            raise UserError(f"{source} holds class folders without a test split; pass <<test_split=0.1>> to hold out "
+                            f"10% of each class as the test split (seeded), or arrange it as train/<class>/ and "
+                            f"test/<class>/.")
         raise UserError(f"No train/ split found in {source}; it must hold train/<class>/ images and test/<class>/ "
                         f"(or val/<class>/), directly or under one top-level folder.")
     root = roots[0]
@@ -182,23 +193,35 @@ def _find_root(source: Path, dirs: set[str], test_split: float | None = None) ->
             if test_split is not None:
                 raise UserError(f"{source} already has a {split}/ split, so <<test_split>> has nothing to do; drop "
                                 f"it to evaluate on {root}{split}/.")
-            return root, split
+            return root, "train", split
     if test_split is not None:
-        return root, None
+        return root, "train", None
     raise UserError(f"No test/ or val/ split found in {source}; pass <<test_split=0.1>> to hold out 10% of "
                     f"{root}train/ (seeded, per class), or add test/<class>/ folders next to it.")
 
 
+def _flat_root(dirs: set[str], files: Iterable[str], tops: set[str]) -> str | None:
+    """``""`` or ``"<top>/"`` where a tree is only class folders of images (no deeper folders), else ``None``."""
+    for prefix in ["", *(f"{t}/" for t in tops if len(tops) == 1)]:
+        classes = {d[len(prefix):] for d in dirs if d.startswith(prefix) and d != prefix.rstrip("/")
+                   and "/" not in d[len(prefix):]}
+        deeper = [d for d in dirs if d.startswith(prefix) and d[len(prefix):].count("/") >= 1]
+        direct = [f for f in files if f.startswith(prefix) and f[len(prefix):].count("/") == 1]
+        if classes and not deeper and direct:
+            return prefix
+    return None
+
+
 def _collect(source: Path, files: dict[str, Ref], dirs: set[str], root: str, test: str | None,
-             skip_empty: bool = False) -> tuple[list[str], list[list[tuple[str, int]]]]:
+             skip_empty: bool = False, train_split: str = "train") -> tuple[list[str], list[list[tuple[str, int]]]]:
     """Sorted class names and, per split, sorted (relative path, label) pairs; checks the tree.
 
     With ``skip_empty`` (``skip_bad_images``) a class folder without images is left out with a
     warning instead of failing: a class with no training images is dropped from both splits.
     """
     per_split: list[dict[str, list[str]]] = []
-    for split in ("train", test) if test is not None else ("train",):
-        base = f"{root}{split}/"
+    for split in (train_split, test) if test is not None else (train_split,):
+        base = f"{root}{split}/" if split else root
         classes: dict[str, list[str]] = {d[len(base):]: [] for d in dirs
                                          if d.startswith(base) and "/" not in d[len(base):]}
         for rel in files:
@@ -222,7 +245,8 @@ def _collect(source: Path, files: dict[str, Ref], dirs: set[str], root: str, tes
             per_split[1][name] = []  # test images only in other classes: its accuracy is undefined
     train, tst = set(per_split[0]), set(per_split[1])
     if not train:
-        raise UserError(f"{source} has no class folders under {root}train/; put images in train/<class>/.")
+        raise UserError(f"{source} has no class folders under {root}{train_split}{'/' if train_split else ''}; "
+                        f"put images in train/<class>/.")
     if train != tst:
         raise UserError(f"The train and {test} splits of {source} have different classes (only in train: "
                         f"{sorted(train - tst) or 'none'}; only in {test}: {sorted(tst - train) or 'none'}); "
@@ -271,8 +295,9 @@ def load_folder(source: Path, *, image_size: int | None = None, skip_bad_images:
     ``test/`` or ``val/`` (and is refused when it has one); see ``holdout.py``.
     """
     files, dirs = _list_source(source)
-    root, test = _find_root(source, dirs, test_split)
-    classes, (train, tst) = _collect(source, files, dirs, root, test, skip_empty=skip_bad_images)
+    root, train_split, test = _find_root(source, dirs, test_split, files)
+    classes, (train, tst) = _collect(source, files, dirs, root, test, skip_empty=skip_bad_images,
+                                     train_split=train_split)
     if test is None and test_split is not None:
         train, tst = carve_test_split(train, test_split, test_split_seed)
         logger.info("held out %d of %d training images of %s as the test split (fraction %g, seed %d)",
