@@ -446,6 +446,8 @@ def report(run_dirs: Sequence[str | Path], out: str | Path | None = None, *, cam
         raise UserError("give at least one run directory")
     runs = [Path(r) for r in run_dirs]
     for run in runs:
+        if not run.exists():
+            raise UserError(f"{run} does not exist; give the run directory of a training run")
         if not (run / "last.pt").is_file():
             raise UserError(f"{run} holds no last.pt; give the run directory of a finished training run")
         _evaluate_run(run)

@@ -94,7 +94,7 @@ def sweep(model: nn.Module, loader: DeviceLoader, *, start: float, end: float, s
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            value = float(loss)
+            value = float(loss.detach())
             lrs.append(lr)
             losses.append(value)
             sm = smooth(losses)[-1]

@@ -36,7 +36,7 @@ def _short_run(lr: float, steps: int = 40) -> float:
             opt.zero_grad()
             loss.backward()
             opt.step()
-            losses.append(float(loss) if math.isfinite(float(loss)) else math.inf)
+            losses.append(float(loss.detach()) if math.isfinite(float(loss.detach())) else math.inf)
             if len(losses) == steps:
                 break
     tail = losses[-10:]
@@ -76,5 +76,6 @@ def test_cli_prints_the_suggestion(tmp_path: Path) -> None:
                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg",
                               "RESNETKIT_CACHE": str(tmp_path / "cache")})
     assert out.returncode == 0, out.stderr[-2000:]
+    assert "Warning" not in out.stderr, out.stderr  # PyTorch's requires_grad-to-scalar warning leaked here once
     assert "suggested lr" in out.stdout and "(lr at the minimum of the smoothed loss / 10)" in out.stdout
     assert {p.name for p in tmp_path.iterdir()} - {"cache"} == {"p.png"}  # the plot only: no run directory

@@ -28,6 +28,7 @@ CASES = {  # name -> (arguments added to GOOD, the error after "resnetkit train:
     "zero batch size": (["--batch-size", "0"], "--batch-size must be a positive integer, got 0"),
     "negative batch size": (["--batch-size", "-4"], "--batch-size must be a positive integer, got -4"),
     "batch larger than the data": (["--batch-size", "512"], "--batch-size 512 is larger than the 256 training images"),
+    "no processes": (["--nproc", "0"], "--nproc takes a number of processes of at least 1, got 0"),
     "negative checkpoint interval": (["--checkpoint-every", "-1"], "--checkpoint-every must be >= 0, got -1"),
     "zero stop point": (["--stop-after-steps", "0"], "--stop-after-steps must be positive, got 0"),
 }

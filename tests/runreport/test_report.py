@@ -57,6 +57,8 @@ def test_comparison_marks_exactly_the_differing_settings(cifar_run: Path, tmp_pa
 def test_report_of_a_folder_that_is_not_a_run(tmp_path: Path, capsys) -> None:
     assert main(["report", str(tmp_path)]) == 2
     assert "holds no last.pt" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "typo")]) == 2
+    assert f"{tmp_path / 'typo'} does not exist; give the run directory" in capsys.readouterr().err
 
 
 def test_python_api_writes_next_to_the_run(cifar_run: Path) -> None:

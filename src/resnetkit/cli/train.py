@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 from .. import api
+from ..errors import UserError
 from .options import add_tta
 
 MAX_EPOCHS = 100_000  # far beyond any real run (the longest CIFAR recipes train a few thousand epochs)
@@ -248,6 +249,8 @@ def _launch_torchrun(nproc: int) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.nproc is not None and args.nproc < 1:
+        raise UserError(f"--nproc takes a number of processes of at least 1, got {args.nproc}")
     if args.nproc and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         return _launch_torchrun(args.nproc)
     if int(os.environ.get("RANK", "0")) != 0 and not args.verbose:
