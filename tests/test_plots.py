@@ -109,3 +109,16 @@ def test_a_run_of_many_short_epochs_draws_curves_at_the_start_and_the_end(tmp_pa
     monkeypatch.setattr(rundir, "CURVES_EVERY_S", 0.0)
     fit(resolve_config("cpu-fast", epochs=3, out=str(tmp_path / "b"), **tiny))
     assert drawn == [1, 2, 3]  # an epoch past the interval is drawn at its end, and the end adds nothing
+
+
+def test_class_names_the_font_lacks_draw_without_a_warning_per_glyph(tmp_path) -> None:
+    import warnings
+
+    import numpy as np
+
+    from resnetkit import plots
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib warned once per missing glyph, on stderr of every eval
+        out = plots.plot_confusion(np.eye(3) * 5, ["猫", "犬", "鳥"], tmp_path / "cm.png")
+    assert out.stat().st_size > 1000

@@ -7,8 +7,10 @@ and in threads. Accuracies are taken as fractions in [0, 1] and drawn as percent
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,19 @@ CURVES_SIZE = (11.0, 4.2)  # inches: 1100 x 420 pixels at DPI
 
 # (history key, legend label, colour); the same colour for a split in both panels
 _SPLITS = (("train", "train", "C0"), ("val", "val", "C1"), ("test", "test", "C2"))
+
+
+def _quiet_glyphs(draw: Callable[..., Path]) -> Callable[..., Path]:
+    """Drop matplotlib's "Glyph ... missing from font" warnings (class names in scripts the default
+    font lacks are drawn as boxes; a warning per glyph on stderr helps no one)."""
+
+    @functools.wraps(draw)
+    def wrapper(*args: Any, **kwargs: Any) -> Path:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from", category=UserWarning)
+            return draw(*args, **kwargs)
+
+    return wrapper
 
 
 def _new_figure(figsize: tuple[float, float]) -> Any:
@@ -50,6 +65,7 @@ def _series(history: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float]
     return xs, ys
 
 
+@_quiet_glyphs
 def plot_curves(history: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
     """Two panels, loss and accuracy against epoch, for train and (when present) val/test.
 
@@ -86,6 +102,7 @@ def plot_curves(history: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
     return _save(fig, path)
 
 
+@_quiet_glyphs
 def plot_confusion(
     cm: Any, classes: Sequence[str] | None, path: str | Path, normalize: bool = True
 ) -> Path:
@@ -130,6 +147,7 @@ def plot_confusion(
     return _save(fig, path)
 
 
+@_quiet_glyphs
 def plot_cam(image: Any, cam: Any, title: str, path: str | Path, alpha: float = 0.45) -> Path:
     """The image beside itself with a heat map over it (``jet``, ``alpha`` opaque), titled.
 
@@ -147,6 +165,7 @@ def plot_cam(image: Any, cam: Any, title: str, path: str | Path, alpha: float = 
     return _save(fig, path)
 
 
+@_quiet_glyphs
 def plot_gallery(images: Sequence[Any], titles: Sequence[str], path: str | Path, cols: int = 8) -> Path:
     """A grid of ``(H, W, 3)`` uint8 images, each with its (multi-line) title; returns ``path``."""
     n = len(images)
@@ -164,6 +183,7 @@ def plot_gallery(images: Sequence[Any], titles: Sequence[str], path: str | Path,
     return _save(fig, path)
 
 
+@_quiet_glyphs
 def plot_curves_compare(histories: Mapping[str, Sequence[Mapping[str, Any]]], path: str | Path) -> Path:
     """Several runs' curves overlaid: train loss and test (else val) accuracy, one colour per run."""
     if not histories:
