@@ -75,3 +75,19 @@ def test_a_run_paused_by_stop_after_steps_says_so_and_counts_its_seconds(tmp_pat
     saved = json.loads((out / "result.json").read_text())
     rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 1 and saved["train_seconds"] > rows[0]["seconds"]  # the half epoch's seconds count too
+
+
+def test_data_of_one_class_trains_with_a_warning(tmp_path: Path, caplog) -> None:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 8), ("test", 2)):
+        (tmp_path / "d" / split / "cat").mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(tmp_path / "d" / split / "cat" / f"{i}.png")
+    with caplog.at_level("WARNING", logger="resnetkit"):
+        r = resnetkit.train("resnet20", str(tmp_path / "d"), epochs=1, precision="fp32", out=str(tmp_path / "run"),
+                            progress=False)
+    assert r.test["top1"] == 1.0  # trivially: the only class
+    assert any("the data has one class (cat)" in m for m in caplog.messages)

@@ -126,6 +126,9 @@ def build(cfg: TrainConfig, ckpt: dict | None, dist: DistContext, data: ImageDat
     if cfg.val_split >= len(data.train_labels):  # before the batch is scaled to what would be left
         raise UserError(f"--val-split {cfg.val_split} must be smaller than the {len(data.train_labels)} training images")
     _check_image_size(cfg, data)
+    if data.num_classes == 1:
+        log.warning("the data has one class (%s): every prediction will be that class and every accuracy 100%%; "
+                    "add a folder per class to learn to tell them apart", data.classes[0])
     if cfg.adapt_batch and ckpt is None:
         n_train = len(data.train_labels) - cfg.val_split
         batch, lr = adapted_batch(cfg.batch_size, cfg.lr, n_train, dist.world_size)
