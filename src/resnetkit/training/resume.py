@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from ..checkpoint import peek
+from ..data.synthetic import parse_synthetic
 from ..errors import UserError
 from .config import TrainConfig, validate
 
@@ -58,7 +59,7 @@ def resume_changes(saved: dict, given: dict, run_dir: Path) -> dict:
 
 def _moved(saved: object, given: object) -> bool:
     """Whether the run's data path is gone and ``given`` names data that exists: the data was moved."""
-    if saved is None or _is_synthetic(str(saved)):
+    if saved is None or parse_synthetic(str(saved)) is not None:
         return False
     return not Path(str(saved)).expanduser().exists() and Path(str(given)).expanduser().exists()
 
@@ -75,14 +76,11 @@ def resume_config(run: str | Path, overrides: dict | None) -> tuple[TrainConfig,
     # a stop point is where the earlier part ended, never inherited by the continuation
     cfg = TrainConfig.from_dict({**ckpt["config"], "stop_after_steps": None, **extra})
     cfg.out = str(last.parent)
-    if not cfg.download and not _is_synthetic(cfg.data) and not Path(cfg.data).expanduser().exists():
+    if not cfg.download and parse_synthetic(cfg.data) is None and not Path(cfg.data).expanduser().exists():
         raise UserError(f"this run's data {cfg.data} does not exist (moved, or a relative path from another "
                         f"directory); resume with <<data>> set to where it is now")
     return cfg, ckpt
 
-
-def _is_synthetic(data: str) -> bool:
-    return data == "synthetic" or data.startswith("synthetic:")
 
 
 RESTART_ENV = "TORCHELASTIC_RESTART_COUNT"
