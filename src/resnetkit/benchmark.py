@@ -234,7 +234,7 @@ def time_to_accuracy(recipe: str, data_source: str, seeds: list[int], out_root: 
         curve = [row["val_acc"] for row in last.history if "val_acc" in row] if target is not None else None
         runs.append(SeedRun(seed, last.test_top1, last.train_seconds, last.compile_seconds, last.prep_seconds,
                             last.eval_seconds, last.wall_seconds, last.epochs_trained, hit_s, hit_e, curve))
-    out: dict = {"recipe": recipe, "model": cfg.model, "data": data_source,
+    out: dict = {"recipe": recipe, "model": cfg.model, "optimizer": cfg.optimizer, "data": data_source,
                  "epochs": mean_std([r.epochs for r in runs])[0] if runs else cfg.epochs, "budget_seconds": budget_seconds, "seeds": seeds,
                  "precision": last.precision if last else None,
                  "channels_last": last.channels_last if last else None,

@@ -63,6 +63,17 @@ def test_time_budget_ranks_agree_on_the_schedule_and_the_last_step(tmp_path: Pat
     assert rows[-1]["lr"] < 0.2 * rows[0]["lr"]
 
 
+def test_muon_ranks_end_with_bitwise_identical_weights(tmp_path: Path) -> None:
+    """Every rank orthogonalises the same all-reduced gradients, so Muon keeps the ranks equal too."""
+    args = [*TRAIN_ARGS, "--epochs", "1", "--optimizer", "muon", "--no-report"]
+    check(run(torchrun(["train", *args, "--out", str(tmp_path / "run")]), rank_env(tmp_path, dump=tmp_path / "dump"),
+              tmp_path))
+    rank0, rank1 = load_dumps(tmp_path / "dump")
+    assert_same_state(rank0, rank1)
+    groups = rank0["optimizer"]["param_groups"]
+    assert any(g["muon"] for g in groups) and any(not g["muon"] for g in groups)
+
+
 def test_ddp_checkpoint_loads_in_a_single_process(ddp_reference: Reference) -> None:
     raw = peek(ddp_reference.out / "best.pt")["model"]
     assert not [k for k in raw if k.startswith(("module.", "_orig_mod."))]

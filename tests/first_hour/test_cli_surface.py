@@ -133,9 +133,10 @@ def test_every_train_option_has_help_with_the_recipe_default(capsys: pytest.Capt
 def test_recipes_command_and_bench_help(capsys: pytest.CaptureFixture) -> None:
     assert main(["recipes"]) == 0
     out = capsys.readouterr().out
-    rows = {line.split()[0]: line.split() for line in out.splitlines()[:4]}
-    assert rows["fast"][1:5] == ["resnet9", "10", "512", "0.4"]
-    assert rows["default"][1:5] == ["resnet20", "30", "256", "0.2"]
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[:5]}
+    assert rows["fast"][1:6] == ["resnet9", "10", "512", "sgd", "0.4"]
+    assert rows["default"][1:6] == ["resnet20", "30", "256", "sgd", "0.2"]
+    assert rows["cpu-fast"][1:8] == ["resnet_cpu", "10", "512", "muon", "0.2", "/", "0.8"]  # Muon's lr / SGD's
     parser = build_parser()
     for path in (("bench", "throughput"), ("bench", "time-to-accuracy"), ("eval",), ("export",), ("predict",)):
         sub = _subparser(parser, *path)

@@ -44,6 +44,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="training images held out for the --target check (default: 2500)")
     a.add_argument("--batch-size", type=int, help="override the recipe's batch size")
     a.add_argument("--lr", type=float, help="override the recipe's peak learning rate")
+    a.add_argument("--optimizer", choices=["sgd", "muon"], help="override the recipe's optimizer (see 'train --help')")
+    a.add_argument("--muon-lr", type=float, help="override the recipe's Muon learning rate")
     a.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
     a.add_argument("--precision", choices=["auto", "bf16", "fp32"], help="override the recipe's precision")
     a.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
@@ -72,7 +74,7 @@ def run_throughput(args: argparse.Namespace) -> int:
 
 
 def run_tta(args: argparse.Namespace) -> int:
-    overrides = {k: getattr(args, k) for k in ("model", "batch_size", "lr", "device", "precision", "compile",
+    overrides = {k: getattr(args, k) for k in ("model", "batch_size", "lr", "optimizer", "muon_lr", "device", "precision", "compile",
                                                "max_steps") if getattr(args, k) is not None}
     res = api.bench_time_to_accuracy(args.recipe, args.data, list(range(args.seeds)), args.out, epochs=args.epochs,
                                      budget_seconds=args.budget_seconds, target=args.target,
@@ -80,7 +82,7 @@ def run_tta(args: argparse.Namespace) -> int:
     api.save_json(args.json, res)
     print(json.dumps({k: v for k, v in res.items() if k != "runs"}, default=str))
     layout = "channels_last" if res["channels_last"] else "contiguous"
-    print(f"{res['recipe']} ({res['model']}) on {res['cpu']}, {res['threads']} threads, {res['precision']} {layout}")
+    print(f"{res['recipe']} ({res['model']}, {res['optimizer']}) on {res['cpu']}, {res['threads']} threads, {res['precision']} {layout}")
     print(f"{'seed':>4} {'epochs':>7} {'top-1':>7} {'prep s':>7} {'train s':>8} {'eval s':>7} {'compile s':>9}"
           f" {'target s':>8}")
     for r in res["runs"]:

@@ -48,10 +48,11 @@ def _duration(text: str) -> float:
 
 def recipes_table() -> str:
     """The recipes as a plain-text table (``resnetkit recipes`` and the end of ``train --help``)."""
-    rows = [("recipe", "model", "epochs", "batch", "lr", "schedule", "precision")]
+    rows = [("recipe", "model", "epochs", "batch", "optimizer", "lr", "schedule", "precision")]
     for r in api.list_recipes():
         cfg = api.recipe_defaults(r.name)
-        rows.append((r.name, cfg["model"], f"{cfg['epochs']:g}", str(cfg["batch_size"]), f"{cfg['lr']:g}",
+        lr = f"{cfg['lr']:g}" if cfg["optimizer"] != "muon" else f"{cfg['muon_lr']:g} / {cfg['lr']:g}"
+        rows.append((r.name, cfg["model"], f"{cfg['epochs']:g}", str(cfg["batch_size"]), cfg["optimizer"], lr,
                      cfg["schedule"], cfg["precision"]))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
@@ -149,6 +150,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     h.add_argument("--lr", type=float, help="peak learning rate")
     h.add_argument("--momentum", type=float, help="SGD momentum")
     h.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None, help="Nesterov momentum")
+    h.add_argument("--optimizer", choices=["sgd", "muon"],
+                   help="muon: Muon (orthogonalised momentum, Jordan et al. 2024) on the convolution filters and "
+                        "SGD with --lr, --momentum, --weight-decay on the rest; sgd: SGD on everything")
+    h.add_argument("--muon-lr", type=float, help="peak learning rate of the filters under --optimizer muon")
+    h.add_argument("--muon-momentum", type=float, help="momentum of the filters under --optimizer muon")
     h.add_argument("--weight-decay", type=float, help="L2 weight decay (not on BatchNorm and biases in most recipes)")
     h.add_argument("--label-smoothing", type=float, help="label smoothing of the loss, in [0, 1)")
     h.add_argument("--schedule", choices=["constant", "cosine", "linear", "step"],
@@ -272,8 +278,9 @@ def main(args: argparse.Namespace) -> int:
                            auto_resume=args.auto_resume, **options)
     if int(os.environ.get("RANK", "0")) == 0:
         t, paused = result.test, result.paused_at_step is not None
+        top5 = f"top-5 {t['top5']:.2%}, " if len(result.classes) > 5 or not result.classes else ""  # 100% if <= 5
         print(f"resnetkit train: {result.config['model']} on {result.config['data']}: test top-1 {t['top1']:.2%}, "
-              f"top-5 {t['top5']:.2%}, loss {t['loss']:.4f} after "
+              f"{top5}loss {t['loss']:.4f} after "
               + (f"{result.epochs_trained:.2f} epochs" if result.config.get("time_budget") or paused else
                  f"{len(result.history)} epoch(s)") + "; "
               f"train {result.train_seconds:.1f}s, data prep {result.prep_seconds:.1f}s"

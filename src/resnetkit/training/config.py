@@ -35,6 +35,11 @@ class TrainConfig:
     lr: float = 0.1
     momentum: float = 0.9
     nesterov: bool = True
+    # "sgd", or "muon": Muon on the convolution filters (lr muon_lr, momentum muon_momentum), SGD with
+    # lr/momentum/weight_decay on the rest (training/muon.py)
+    optimizer: str = "sgd"
+    muon_lr: float = 0.1
+    muon_momentum: float = 0.6
     weight_decay: float = 5e-4
     no_decay_1d: bool = True
     label_smoothing: float = 0.0
@@ -91,6 +96,7 @@ class TrainConfig:
 
 
 LOGGERS = ("tensorboard", "csv", "mlflow")
+OPTIMIZERS = ("sgd", "muon")
 
 
 @dataclass(frozen=True)
@@ -142,14 +148,15 @@ _recipe(
     "cpu-fast",
     "Shortest time to a good model on a CPU: resnet_cpu (patchify stem, ResNet-9 stages; about 6x "
     "fewer multiply-adds than ResNet-20's full-resolution layers) with its stem set to the whitening "
-    "transform of the training patches and frozen (hlb-CIFAR10; Jordan 2024), batch 256, Nesterov SGD "
-    "lr 0.8 with 0.3 warmup epochs then linear decay (Smith 2018; Page 2018; the lr and warmup chosen "
-    "by measurement: docs/speed-cpu.md), weight decay 5e-4 except BatchNorm/bias, label smoothing 0.2 "
-    "(hlb-CIFAR10), 2-pixel reflect-padded crop + alternating flip (Jordan 2024), flip-and-shift TTA "
-    "(Jordan 2024), precision and layout measured (--precision auto), 10 epochs.",
-    model="resnet_cpu", model_kwargs={"whiten": True}, epochs=10, batch_size=256, lr=0.8, momentum=0.9,
-    nesterov=True, weight_decay=5e-4, no_decay_1d=True, label_smoothing=0.2, schedule="linear",
-    warmup_epochs=0.3, crop_pad=2, crop_fill="reflect", flip="alternating", cutout=0, tta="flip-shift",
+    "transform of the training patches and frozen (hlb-CIFAR10; Jordan 2024), batch 512, Muon on the "
+    "convolution filters (lr 0.2, momentum 0.6; Jordan et al. 2024, as in airbench94) and Nesterov SGD "
+    "lr 0.8 on the rest, 0.3 warmup epochs then linear decay (Smith 2018; Page 2018; the batch and "
+    "learning rates chosen by measurement: docs/speed-cpu.md), weight decay 5e-4 except BatchNorm/bias, "
+    "label smoothing 0.2 (hlb-CIFAR10), 2-pixel reflect-padded crop + alternating flip (Jordan 2024), "
+    "flip-and-shift TTA (Jordan 2024), precision and layout measured (--precision auto), 10 epochs.",
+    model="resnet_cpu", model_kwargs={"whiten": True}, epochs=10, batch_size=512, lr=0.8, momentum=0.9,
+    nesterov=True, optimizer="muon", muon_lr=0.2, muon_momentum=0.6, weight_decay=5e-4, no_decay_1d=True,
+    label_smoothing=0.2, schedule="linear", warmup_epochs=0.3, crop_pad=2, crop_fill="reflect", flip="alternating", cutout=0, tta="flip-shift",
     eval_every=0, precision="auto",
 )
 
@@ -246,6 +253,12 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError(f"<<label_smoothing>> must be in [0, 1), got {cfg.label_smoothing}")
     if not 0 <= cfg.momentum < 1:
         raise UserError(f"<<momentum>> must be in [0, 1), got {cfg.momentum}")
+    if cfg.optimizer not in OPTIMIZERS:
+        raise UserError(f"<<optimizer>> must be {' or '.join(OPTIMIZERS)}, got {cfg.optimizer!r}")
+    if not cfg.muon_lr or cfg.muon_lr <= 0:
+        raise UserError(f"<<muon_lr>> must be positive, got {cfg.muon_lr}")
+    if not 0 <= cfg.muon_momentum < 1:
+        raise UserError(f"<<muon_momentum>> must be in [0, 1), got {cfg.muon_momentum}")
     if cfg.val_split < 0:
         raise UserError(f"<<val_split>> must be >= 0, got {cfg.val_split}")
     if cfg.test_split is not None and not 0 < cfg.test_split < 1:

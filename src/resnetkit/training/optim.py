@@ -1,4 +1,4 @@
-"""Optimizer construction: SGD with parameter groups.
+"""Optimizer construction: SGD with parameter groups, or Muon on the filters and SGD on the rest.
 
 Weight decay is not applied to parameters with fewer than 2 dimensions (BatchNorm scales and
 shifts, biases): decaying them only shrinks BN's scale and hurts (Goyal et al. 2017; the nanoGPT
@@ -8,9 +8,15 @@ and timm convention). The backbone may get a smaller learning rate than the head
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+from .muon import MuonSGD, muon_filters
+
+if TYPE_CHECKING:
+    from .config import TrainConfig
 
 
 def param_groups(model: nn.Module, weight_decay: float, no_decay_1d: bool = True,
@@ -41,3 +47,30 @@ def build_sgd(model: nn.Module, lr: float, momentum: float, weight_decay: float,
     for g in groups:
         g["lr"] = g["initial_lr"] = lr * g.pop("lr_mult")
     return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0)
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig, precision: str = "fp32") -> torch.optim.Optimizer:
+    """The run's optimizer: :func:`build_sgd`, or with ``cfg.optimizer == "muon"`` a :class:`MuonSGD`.
+
+    Under Muon the filters of :func:`muon_filters` leave their groups for Muon groups (lr
+    ``muon_lr * lr_mult``, momentum ``muon_momentum``, no weight decay: the filters are rescaled each
+    step instead); the rest keep SGD's groups. The Newton-Schulz iteration runs in bf16 when the run
+    does (``precision``), else in fp32 (bf16 matrix products are slow on CPUs without bf16 units).
+    """
+    if cfg.optimizer != "muon":
+        return build_sgd(model, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.nesterov, cfg.no_decay_1d,
+                         cfg.backbone_lr_mult)
+    filters = muon_filters(model)
+    groups = []
+    for g in param_groups(model, cfg.weight_decay, cfg.no_decay_1d, backbone_lr_mult=cfg.backbone_lr_mult):
+        mult = g.pop("lr_mult")
+        rest = [p for p in g["params"] if id(p) not in filters]
+        ortho = [p for p in g["params"] if id(p) in filters]
+        if ortho:
+            groups.append({"params": ortho, "muon": True, "lr": cfg.muon_lr * mult, "initial_lr": cfg.muon_lr * mult,
+                           "momentum": cfg.muon_momentum, "weight_decay": 0.0})
+        if rest:
+            groups.append({**g, "params": rest, "lr": cfg.lr * mult, "initial_lr": cfg.lr * mult})
+    ns_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    return MuonSGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+                   ns_dtype=ns_dtype)

@@ -42,10 +42,11 @@ def resume_changes(saved: dict, given: dict, run_dir: Path) -> dict:
     ``saved`` is the checkpoint's configuration; ``--out`` must name the run being resumed.
     """
     differing, moved = [], {}
+    defaults = TrainConfig().to_dict()  # what a checkpoint written before an option existed ran with
     for key, value in given.items():
         if value is None or key in RESUME_OVERRIDABLE or key in IGNORED:
             continue
-        old = saved.get(key)
+        old = saved.get(key, defaults.get(key))
         if key == "data" and _moved(old, value):
             moved["data"] = os.path.abspath(os.path.expanduser(str(value)))
             continue

@@ -38,7 +38,7 @@ from .config import TrainConfig, adapted_batch
 from .distributed import DistContext
 from .ema import ModelEma
 from .loop import StepState, train_epoch
-from .optim import build_sgd
+from .optim import build_optimizer
 from .pretrained import apply_pretrained, freeze_backbone
 
 log = logging.getLogger(__name__)
@@ -135,6 +135,8 @@ def build(cfg: TrainConfig, ckpt: dict | None, dist: DistContext, data: ImageDat
         if batch != cfg.batch_size:
             log.info("batch %d and lr %.4g (the %s recipe's %d and %.4g scaled to %d training images; "
                      "a batch size given explicitly is kept)", batch, lr, cfg.recipe, cfg.batch_size, cfg.lr, n_train)
+        if batch != cfg.batch_size and cfg.optimizer == "muon":  # measured: Muon's best lr doubled with the batch
+            cfg.muon_lr *= batch / cfg.batch_size
         cfg.batch_size, cfg.lr = batch, lr
     cfg.adapt_batch = False  # applied once; the saved config holds the values used
     if cfg.batch_size % dist.world_size:  # an adapted batch is a power of two of at least 8, but say so
@@ -161,8 +163,7 @@ def build(cfg: TrainConfig, ckpt: dict | None, dist: DistContext, data: ImageDat
         # normalises them (fixed images, no RNG drawn: runs stay reproducible)
         model.init_from_data(normalize(tx[:5000], mean, std))
     model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    optimizer = build_sgd(model, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.nesterov, cfg.no_decay_1d,
-                          cfg.backbone_lr_mult)
+    optimizer = build_optimizer(model, cfg, precision)
     if ckpt is not None:
         load_model_weights(model, ckpt["model"], "the checkpoint")
         try:
@@ -203,7 +204,15 @@ def build(cfg: TrainConfig, ckpt: dict | None, dist: DistContext, data: ImageDat
 
 
 def _check_image_size(cfg: TrainConfig, data: ImageData) -> None:
-    """Refuse images smaller than the network takes (its pooling layers), in one sentence, before any work."""
+    """Refuse images smaller than the network takes (its pooling layers), in one sentence, before any work.
+
+    Progressive sizes above the images' own are allowed (the batches are upsampled) but said.
+    """
+    larger = sorted({s for s in cfg.progressive_sizes or [] if s > data.image_size})
+    if larger:
+        log.warning("progressive sizes %s exceed the images' %d px: those parts of the run train on upsampled "
+                    "images, which costs time and teaches nothing finer (evaluation stays at %d px)",
+                    " ".join(map(str, larger)), data.image_size, data.image_size)
     smallest = min([data.image_size, *(cfg.progressive_sizes or [])])
     if smallest >= 32:  # every registered network takes 32x32; only small images need the check's model build
         return
