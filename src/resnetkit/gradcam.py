@@ -15,6 +15,7 @@ ResNet-9), so a new family needs no table of names.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -216,7 +217,8 @@ def write_explanations(explanations: Sequence[Explanation], out: str | Path) -> 
         raise UserError(f"cannot create the output folder {out}: {e.strerror or e}") from None
     written = []
     for i, e in enumerate(explanations):
-        stem = f"{i:03d}-{Path(e.source).stem[:40] or 'image'}"
+        name = re.sub(r"[^\w.-]+", "_", Path(e.source).stem).strip("_.")  # tensor[3] -> tensor_3
+        stem = f"{i:03d}-{name[:40] or 'image'}"
         title = f"pred {e.label} {e.prob:.0%}"
         if e.target != e.index:
             title += f"\nmap for {e.target_label} ({e.target_prob:.0%})"

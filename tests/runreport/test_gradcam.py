@@ -16,7 +16,7 @@ from resnetkit.cli import main
 from resnetkit.data.augment import normalize
 from resnetkit.data.synthetic import make_synthetic
 from resnetkit.errors import UserError
-from resnetkit.gradcam import default_layer, explain_images, grad_cam
+from resnetkit.gradcam import default_layer, explain_images, grad_cam, write_explanations
 from resnetkit.models import create_model
 
 # one model per registered family (at a quarter width: the module tree is the same, the test cheap),
@@ -154,3 +154,10 @@ def test_a_layer_without_a_spatial_map_is_one_sentence(layer: str, got: str) -> 
     imgs = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8)
     with pytest.raises(UserError, match=rf"layer '{layer}' outputs {re.escape(got)}, not a spatial map.*'layer3'"):
         explain_images(model, imgs, layer=layer)  # was a traceback from captum (fc) or a blank 1x1 map (avgpool)
+
+
+def test_images_given_as_tensors_get_plain_file_names(cam_run: Path, tmp_path: Path) -> None:
+    model = resnetkit.load_checkpoint(cam_run / "last.pt")
+    objects, _ = _recognised_objects(model, 2)
+    written = write_explanations(explain_images(model, objects), tmp_path / "cam")
+    assert [p.name for p in written] == ["000-tensor_0.png", "001-tensor_1.png"]  # not "000-tensor[0].png"
