@@ -219,6 +219,18 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", weight
     return model
 
 
+def _class_difference(data: list[str], trained: list[str]) -> str:
+    """What sets two class lists apart, in words: the names only one side has, or their order."""
+    def names(items: list[str]) -> str:
+        return ", ".join(items[:5]) + (f" and {len(items) - 5} more" if len(items) > 5 else "")
+
+    only_data = [c for c in data if c not in trained]
+    only_ckpt = [c for c in trained if c not in data]
+    parts = ([f"only the data has {names(only_data)}"] if only_data else []) + (
+        [f"only the checkpoint has {names(only_ckpt)}"] if only_ckpt else [])
+    return "; ".join(parts) or f"the same {len(data)} names in another order"
+
+
 def evaluate(checkpoint: str | Path, data: str | None = None, *, tta: bool | str = False,
              device: str = "auto", batch_size: int = 256, precision: str = "auto",
              out: str | Path | None = None, overwrite: bool = False, progress: bool = False,
@@ -250,8 +262,7 @@ def evaluate(checkpoint: str | Path, data: str | None = None, *, tta: bool | str
                       skip_bad_images=cfg.skip_bad_images, progress=progress,
                       test_split=cfg.test_split if same else None, test_split_seed=cfg.test_split_seed)
     if list(ds.classes) != list(model.classes):
-        raise UserError(f"the classes of {source} ({len(ds.classes)}: {', '.join(ds.classes[:4])}...) differ from "
-                        f"the checkpoint's ({len(model.classes)}: {', '.join(model.classes[:4])}...)")
+        raise UserError(f"the classes of {source} differ from the checkpoint's ({_class_difference(ds.classes, model.classes)})")
     prec = resolve_precision(precision, dev)
     if out is not None:
         _make_eval_out(out)
