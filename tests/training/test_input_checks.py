@@ -91,3 +91,53 @@ def test_data_of_one_class_trains_with_a_warning(tmp_path: Path, caplog) -> None
                             progress=False)
     assert r.test["top1"] == 1.0  # trivially: the only class
     assert any("the data has one class (cat)" in m for m in caplog.messages)
+
+
+def test_top5_is_left_out_of_the_summary_lines_for_five_classes_or_fewer(tmp_path: Path, capsys) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from resnetkit.cli import main
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 8), ("test", 2)):
+        for c in ("cat", "dog", "owl"):
+            (tmp_path / "d" / split / c).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(
+                    tmp_path / "d" / split / c / f"{i}.png")
+    run = tmp_path / "run"
+    assert main(["train", "--model", "resnet20", "--data", str(tmp_path / "d"), "--epochs", "1", "--precision", "fp32",
+                 "--out", str(run), "--no-report"]) == 0
+    line = capsys.readouterr().out
+    assert "test top-1 " in line and "top-5" not in line  # top-5 of 3 classes is always 100%
+    assert main(["eval", str(run / "last.pt"), "--out", str(tmp_path / "ev")]) == 0
+    line = capsys.readouterr().out
+    assert "top-1 " in line and "top-5" not in line
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["top5"] == 1.0  # still in the files
+
+
+def test_a_run_directory_inside_the_image_folder_is_refused(tmp_path: Path, probe_calls: list) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from resnetkit.errors import UserError
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for c in ("cat", "dog"):
+            (tmp_path / "d" / split / c).mkdir(parents=True)
+            Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(tmp_path / "d" / split / c / "0.png")
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "d").rglob("*"))
+    for out in (tmp_path / "d", tmp_path / "d" / "runs" / "a", tmp_path / "d" / "train"):
+        with pytest.raises(UserError, match="is inside the image folder"):
+            resnetkit.train("resnet20", str(tmp_path / "d"), epochs=1, out=str(out), progress=False)
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "d").rglob("*")) == before and probe_calls == []
+
+
+def test_progressive_sizes_above_the_images_own_train_with_a_warning(tmp_path: Path, caplog) -> None:
+    with caplog.at_level("WARNING", logger="resnetkit"):
+        r = resnetkit.train("resnet20", "synthetic:64", image_size=16, progressive_sizes=[16, 24], epochs=2,
+                            batch_size=32, precision="fp32", out=str(tmp_path / "run"), progress=False)
+    assert len(r.history) == 2
+    assert any("progressive sizes 24 exceed the images' 16 px" in m for m in caplog.messages), caplog.messages

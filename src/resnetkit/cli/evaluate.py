@@ -41,7 +41,8 @@ def main(args: argparse.Namespace) -> int:
                      precision=args.precision, out=out, overwrite=args.overwrite, progress=sys.stderr.isatty(),
                      worst=args.worst, weights=args.weights)
     print("\n".join(api.format_class_table(m)))  # '-': undefined (no test images, or never predicted)
-    print(f"top-1 {m['top1']:.2%}  top-5 {m['top5']:.2%}  loss {m['loss']:.4f}  images {m['count']}"
+    top5 = f"  top-5 {m['top5']:.2%}" if len(m["classes"]) > 5 else ""  # always 100% with 5 classes or fewer
+    print(f"top-1 {m['top1']:.2%}{top5}  loss {m['loss']:.4f}  images {m['count']}"
           f"{'' if m['tta'] == 'none' else '  (' + m['tta'] + ' TTA)'}{'  (EMA weights, --weights raw for the others)' if m['weights'] == 'ema' else ''}")
     if m["tta"] != m["train_tta"]:
         print(f"(training measured its test accuracy with --tta {m['train_tta']}; pass it here to compare)"

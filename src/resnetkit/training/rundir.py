@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from .. import io, plots
 from ..checkpoint import atomic_save, versions
+from ..data.cifar import find_cifar
 from ..errors import UserError
 from .config import TrainConfig
 from .loggers import Loggers
@@ -43,6 +44,8 @@ def prepare(cfg: TrainConfig, resuming: bool) -> Path:
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a directory")
+    if not resuming:
+        _refuse_inside_image_folder(out, cfg)
     if not resuming and out.is_dir() and any((out / f).exists() for f in RUN_FILES) and not cfg.overwrite:
         if not (out / "last.pt").exists():  # nothing to resume: say so rather than send the user to --resume
             raise UserError(f"{out} holds a run that stopped before saving any checkpoint; pass <<overwrite>> to "
@@ -60,6 +63,17 @@ def prepare(cfg: TrainConfig, resuming: bool) -> Path:
             log.info("removing %s, left by an interrupted write", stale)
             stale.unlink(missing_ok=True)
     return out
+
+
+def _refuse_inside_image_folder(out: Path, cfg: TrainConfig) -> None:
+    """A run directory inside the image folder it trains on would put its PNGs among the images."""
+    data = Path(cfg.data).expanduser() if cfg.data and cfg.dataset in (None, "folder") else None
+    if data is None or not data.is_dir() or find_cifar(data) is not None:
+        return
+    folder, target = data.resolve(), out.expanduser().resolve()
+    if target == folder or folder in target.parents:
+        raise UserError(f"--out {out} is inside the image folder {cfg.data} that the run trains on, where its files "
+                        f"would mix with the images; choose an <<out>> outside it")
 
 
 def logger_names(cfg: TrainConfig) -> list[str]:
