@@ -262,7 +262,8 @@ def evaluate(checkpoint: str | Path, data: str | None = None, *, tta: bool | str
                       skip_bad_images=cfg.skip_bad_images, progress=progress,
                       test_split=cfg.test_split if same else None, test_split_seed=cfg.test_split_seed)
     if list(ds.classes) != list(model.classes):
-        raise UserError(f"the classes of {source} differ from the checkpoint's ({_class_difference(ds.classes, model.classes)})")
+        raise UserError(f"the classes of {source} differ from the checkpoint's "
+                        f"({_class_difference(ds.classes, model.classes)})")
     prec = resolve_precision(precision, dev)
     if out is not None:
         _make_eval_out(out)

@@ -74,15 +74,16 @@ def run_throughput(args: argparse.Namespace) -> int:
 
 
 def run_tta(args: argparse.Namespace) -> int:
-    overrides = {k: getattr(args, k) for k in ("model", "batch_size", "lr", "optimizer", "muon_lr", "device", "precision", "compile",
-                                               "max_steps") if getattr(args, k) is not None}
+    overrides = {k: getattr(args, k) for k in ("model", "batch_size", "lr", "optimizer", "muon_lr", "device",
+                                               "precision", "compile", "max_steps") if getattr(args, k) is not None}
     res = api.bench_time_to_accuracy(args.recipe, args.data, list(range(args.seeds)), args.out, epochs=args.epochs,
                                      budget_seconds=args.budget_seconds, target=args.target,
                                      check_images=args.check_images, progress=sys.stderr.isatty(), **overrides)
     api.save_json(args.json, res)
     print(json.dumps({k: v for k, v in res.items() if k != "runs"}, default=str))
     layout = "channels_last" if res["channels_last"] else "contiguous"
-    print(f"{res['recipe']} ({res['model']}, {res['optimizer']}) on {res['cpu']}, {res['threads']} threads, {res['precision']} {layout}")
+    print(f"{res['recipe']} ({res['model']}, {res['optimizer']}) on {res['cpu']}, {res['threads']} threads, "
+          f"{res['precision']} {layout}")
     print(f"{'seed':>4} {'epochs':>7} {'top-1':>7} {'prep s':>7} {'train s':>8} {'eval s':>7} {'compile s':>9}"
           f" {'target s':>8}")
     for r in res["runs"]:

@@ -156,8 +156,8 @@ _recipe(
     "flip-and-shift TTA (Jordan 2024), precision and layout measured (--precision auto), 10 epochs.",
     model="resnet_cpu", model_kwargs={"whiten": True}, epochs=10, batch_size=512, lr=0.8, momentum=0.9,
     nesterov=True, optimizer="muon", muon_lr=0.2, muon_momentum=0.6, weight_decay=5e-4, no_decay_1d=True,
-    label_smoothing=0.2, schedule="linear", warmup_epochs=0.3, crop_pad=2, crop_fill="reflect", flip="alternating", cutout=0, tta="flip-shift",
-    eval_every=0, precision="auto",
+    label_smoothing=0.2, schedule="linear", warmup_epochs=0.3, crop_pad=2, crop_fill="reflect", flip="alternating",
+    cutout=0, tta="flip-shift", eval_every=0, precision="auto",
 )
 
 

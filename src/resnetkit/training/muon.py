@@ -76,8 +76,8 @@ class MuonSGD(torch.optim.Optimizer):
             elif params:
                 bufs = [self.state[p].get("momentum_buffer") for p in params]
                 sgd_update(params, [p.grad for p in params], bufs, weight_decay=group["weight_decay"],
-                                    momentum=group["momentum"], lr=group["lr"], dampening=0.0,
-                                    nesterov=group["nesterov"], maximize=False)
+                           momentum=group["momentum"], lr=group["lr"], dampening=0.0, nesterov=group["nesterov"],
+                           maximize=False)
                 for p, buf in zip(params, bufs):
                     self.state[p]["momentum_buffer"] = buf
         return loss
