@@ -151,3 +151,11 @@ def test_a_checkpoint_from_before_the_option_resumes_as_sgd(tmp_path: Path) -> N
     assert resume_changes(saved, {"optimizer": "sgd", "lr": 0.1}, tmp_path) == {}
     with pytest.raises(UserError, match="--optimizer is 'sgd' in the checkpoint but 'muon' was given"):
         resume_changes(saved, {"optimizer": "muon"}, tmp_path)
+
+
+def test_muon_settings_without_muon_are_refused_not_ignored() -> None:
+    with pytest.raises(UserError, match="only apply with .*optimizer.*muon.*trains with sgd"):
+        resolve_config("default", data="synthetic", muon_lr=0.05)
+    with pytest.raises(UserError, match="muon_momentum"):
+        resolve_config("cpu-fast", data="synthetic", optimizer="sgd", muon_momentum=0.5)
+    assert resolve_config("cpu-fast", data="synthetic", muon_lr=0.05).muon_lr == 0.05  # the recipe's optimizer is Muon

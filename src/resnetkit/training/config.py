@@ -234,6 +234,10 @@ def resolve_config(recipe: str | None = None, **overrides: Any) -> TrainConfig:
         values["adapt_batch"] = False  # a batch the user chose is kept as it is
     cfg = TrainConfig(recipe=name, **values)
     validate(cfg)
+    muon_only = [k for k in ("muon_lr", "muon_momentum") if k in given]
+    if muon_only and cfg.optimizer != "muon":
+        raise UserError(f"{' and '.join(f'<<{k}>>' for k in muon_only)} only apply with <<optimizer=muon>>, and this "
+                        f"run trains with {cfg.optimizer}; add <<optimizer=muon>> or drop them")
     return cfg
 
 
