@@ -429,19 +429,25 @@ def save_json(path: str | Path, obj: Any) -> Path:
 # ---------------------------------------------------------------------------------- showing runs
 def explain(checkpoint: str | Path, images: Any, *, target_class: int | str | None = None,
             layer: str | None = None, out: str | Path | None = None, device: str = "cpu",
-            batch_size: int = 32) -> list[Explanation]:
+            batch_size: int = 32, failures: list[tuple[str, str]] | None = None) -> list[Explanation]:
     """Grad-CAM heat maps of ``images`` under a checkpoint's model.
 
     ``images``: files, folders and glob patterns, or uint8 ``(3, H, W)`` tensors. ``target_class``
     (index or name) defaults to each image's predicted class; ``layer`` to the last residual
-    stage. With ``out``, each image's overlay PNG and its map (.npy) are written there.
+    stage. With ``out``, each image's overlay PNG and its map (.npy) are written there. A missing
+    or unreadable file is an error, unless a ``failures`` list is given: it is then skipped and
+    added there as ``(path, reason)`` (as ``predict`` reports them), an error only when none is left.
     """
     if isinstance(images, (str, Path)):
         images = [images]
     if not isinstance(images, torch.Tensor) and all(isinstance(i, (str, Path)) for i in images):
-        images = expand_inputs(images)
+        missing: list[str] | None = [] if failures is not None else None
+        images = expand_inputs(images, missing)
+        if failures is not None and missing:
+            failures.extend((m, "does not exist") for m in missing)
     model = load_checkpoint(checkpoint, resolve_device(device))
-    result = explain_images(model, images, target_class=target_class, layer=layer, batch_size=batch_size)
+    result = explain_images(model, images, target_class=target_class, layer=layer, batch_size=batch_size,
+                            failures=failures)
     if out is not None:
         write_explanations(result, out)
     return result

@@ -116,10 +116,13 @@ def _target_index(target: int | str | None, classes: Sequence[str]) -> int | Non
     return i
 
 
-def load_images(images: Any, size: int) -> tuple[list[str], torch.Tensor]:
+def load_images(images: Any, size: int, failures: list[tuple[str, str]] | None = None
+                ) -> tuple[list[str], torch.Tensor]:
     """Paths or uint8 ``(3, H, W)`` / ``(N, 3, H, W)`` tensors -> (sources, uint8 ``(N, 3, size, size)``).
 
-    Files are decoded by the image-folder reader training uses (same decoder, resize and crop).
+    Files are decoded by the image-folder reader training uses (same decoder, resize and crop). An
+    unreadable file is an error, unless ``failures`` is given: it is then skipped and added there as
+    ``(path, reason)``, and it is an error only when no image is left.
     """
     if isinstance(images, torch.Tensor):
         images = list(images) if images.dim() == 4 else [images]
@@ -133,7 +136,10 @@ def load_images(images: Any, size: int) -> tuple[list[str], torch.Tensor]:
         if isinstance(item, (str, Path)):
             x = next(decoded)
             if isinstance(x, str):
-                raise UserError(f"cannot read image {item}: {x}")
+                if failures is None:
+                    raise UserError(f"cannot read image {item}: {x}")
+                failures.append((str(item), x))
+                continue
             sources.append(str(item))
         elif isinstance(item, torch.Tensor) and item.dtype == torch.uint8 and item.dim() == 3 and item.shape[0] == 3:
             x = fit_image(item.cpu(), size)
@@ -141,6 +147,9 @@ def load_images(images: Any, size: int) -> tuple[list[str], torch.Tensor]:
         else:
             raise UserError(f"item {i} is not an image path or a uint8 (3, H, W) tensor")
         out.append(x)
+    if not out and failures:
+        raise UserError(f"none of the {len(failures)} image file(s) can be read (first: {failures[0][0]}: "
+                        f"{failures[0][1]})")
     if not out:
         raise UserError("no images to explain")
     return sources, torch.stack(out)
@@ -162,11 +171,12 @@ def grad_cam(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, layer: nn
 
 
 def explain_images(model: nn.Module, images: Any, *, target_class: int | str | None = None,
-                   layer: str | None = None, batch_size: int = 32) -> list[Explanation]:
+                   layer: str | None = None, batch_size: int = 32,
+                   failures: list[tuple[str, str]] | None = None) -> list[Explanation]:
     """Grad-CAM of each image for ``target_class`` (default: the predicted class), in batches.
 
     ``model`` comes from :func:`resnetkit.load_checkpoint` (it carries classes, mean, std and
-    image size). Runs wherever the model's parameters are; fp32.
+    image size). Runs wherever the model's parameters are; fp32. ``failures``: see :func:`load_images`.
     """
     try:
         classes, mean, std, size = list(model.classes), model.mean, model.std, int(model.image_size)
@@ -174,7 +184,7 @@ def explain_images(model: nn.Module, images: Any, *, target_class: int | str | N
         raise UserError("explain needs a model from resnetkit.load_checkpoint (classes, mean, std, image size)") from None
     target = _target_index(target_class, classes)
     layer_name, module = _layer(model, layer)
-    sources, pixels = load_images(images, size)
+    sources, pixels = load_images(images, size, failures)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()

@@ -161,3 +161,26 @@ def test_images_given_as_tensors_get_plain_file_names(cam_run: Path, tmp_path: P
     objects, _ = _recognised_objects(model, 2)
     written = write_explanations(explain_images(model, objects), tmp_path / "cam")
     assert [p.name for p in written] == ["000-tensor_0.png", "001-tensor_1.png"]  # not "000-tensor[0].png"
+
+
+def test_an_unreadable_file_is_reported_and_the_rest_explained(cam_run: Path, tmp_path: Path, capsys) -> None:
+    model = resnetkit.load_checkpoint(cam_run / "last.pt")
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, x in enumerate(_canvas(_recognised_objects(model, 2)[0], 0)):
+        Image.fromarray(x.permute(1, 2, 0).numpy()).save(folder / f"img{i}.png")
+    (folder / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "cam"
+    assert main(["explain", str(cam_run / "last.pt"), str(folder), str(tmp_path / "gone.png"),
+                 "--out", str(out)]) == 1  # as predict: the others are explained, the failures named, exit 1
+    assert sorted(p.name for p in out.glob("*.png")) == ["000-img0.png", "001-img1.png"]
+    captured = capsys.readouterr()
+    assert "wrote 2 heat map(s)" in captured.out
+    err = captured.err.splitlines()
+    assert any(ln.startswith("resnetkit explain: cannot read") and "broken.png" in ln for ln in err), err
+    assert any("gone.png: does not exist" in ln for ln in err), err
+    assert err[-1] == "resnetkit explain: 2 of 4 file(s) could not be read"
+    with pytest.raises(UserError, match="cannot read image .*broken.png"):  # the API fails unless asked to skip
+        resnetkit.explain(cam_run / "last.pt", [folder / "broken.png"])
+    assert main(["explain", str(cam_run / "last.pt"), str(folder / "broken.png"), "--out", str(out)]) == 2
+    assert "none of the 1 image file(s) can be read" in capsys.readouterr().err

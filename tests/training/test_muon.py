@@ -134,13 +134,17 @@ def test_the_command_line_trains_with_muon(tmp_path: Path, capsys: pytest.Captur
     assert "invalid choice: 'adam'" in capsys.readouterr().err
 
 
-def test_a_batch_capped_for_a_small_training_set_scales_muons_lr_too(tmp_path: Path) -> None:
-    result = resnetkit.train(model="resnet_cpu", recipe="cpu-fast", data="synthetic:256", max_steps=1, device="cpu",
-                             precision="fp32", progress=False, out=str(tmp_path / "a"))
+def test_a_batch_capped_for_a_small_training_set_scales_muons_lr_too(tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("INFO"):
+        result = resnetkit.train(model="resnet_cpu", recipe="cpu-fast", data="synthetic:256", max_steps=1,
+                                 device="cpu", precision="fp32", progress=False, out=str(tmp_path / "a"))
     cfg = result.config
     assert cfg["batch_size"] < 512 and cfg["optimizer"] == "muon"
     assert math.isclose(cfg["muon_lr"], 0.2 * cfg["batch_size"] / 512)
     assert math.isclose(cfg["lr"], 0.8 * cfg["batch_size"] / 512)
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("batch ")]
+    assert f"Muon lr {cfg['muon_lr']:.4g} from 0.2" in line  # the log names every rate it changed
     kept = resnetkit.train(model="resnet_cpu", recipe="cpu-fast", data="synthetic:256", max_steps=1, batch_size=64,
                            device="cpu", precision="fp32", progress=False, out=str(tmp_path / "b"))
     assert (kept.config["batch_size"], kept.config["muon_lr"], kept.config["lr"]) == (64, 0.2, 0.8)  # given: kept

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from .. import api
@@ -26,10 +27,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    failures: list[tuple[str, str]] = []  # one bad file never stops the rest, as in predict
     results = api.explain(args.checkpoint, args.images, target_class=args.target_class, layer=args.layer, out=args.out,
-                      device=args.device, batch_size=args.batch_size)
+                          device=args.device, batch_size=args.batch_size, failures=failures)
     for r in results:
         extra = f"  (map for {r.target_label}: {r.target_prob:.1%})" if r.target != r.index else ""
         print(f"{Path(r.source).name}: {r.label} {r.prob:.1%}{extra}")
     print(f"wrote {len(results)} heat map(s) to {args.out}")
+    sys.stdout.flush()
+    for path, reason in failures:
+        print(f"resnetkit explain: cannot read {path}: {reason}", file=sys.stderr)
+    if failures:
+        print(f"resnetkit explain: {len(failures)} of {len(results) + len(failures)} file(s) could not be read",
+              file=sys.stderr)
+        return 1
     return 0

@@ -133,10 +133,14 @@ def build(cfg: TrainConfig, ckpt: dict | None, dist: DistContext, data: ImageDat
         n_train = len(data.train_labels) - cfg.val_split
         batch, lr = adapted_batch(cfg.batch_size, cfg.lr, n_train, dist.world_size)
         if batch != cfg.batch_size:
-            log.info("batch %d and lr %.4g (the %s recipe's %d and %.4g scaled to %d training images; "
-                     "a batch size given explicitly is kept)", batch, lr, cfg.recipe, cfg.batch_size, cfg.lr, n_train)
-        if batch != cfg.batch_size and cfg.optimizer == "muon":  # measured: Muon's best lr doubled with the batch
-            cfg.muon_lr *= batch / cfg.batch_size
+            muon = ""
+            if cfg.optimizer == "muon":  # measured: Muon's best lr doubled with the batch
+                muon_lr = cfg.muon_lr * batch / cfg.batch_size
+                muon = f", Muon lr {muon_lr:.4g} from {cfg.muon_lr:.4g}"
+                cfg.muon_lr = muon_lr
+            log.info("batch %d and lr %.4g (the %s recipe's %d and %.4g scaled to %d training images%s; "
+                     "a batch size given explicitly is kept)", batch, lr, cfg.recipe, cfg.batch_size, cfg.lr, n_train,
+                     muon)
         cfg.batch_size, cfg.lr = batch, lr
     cfg.adapt_batch = False  # applied once; the saved config holds the values used
     if cfg.batch_size % dist.world_size:  # an adapted batch is a power of two of at least 8, but say so
