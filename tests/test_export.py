@@ -23,10 +23,11 @@ CLASSES = ["airplane", "bird", "cat", "dog", "frog"]
 MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
 
 
-def make_checkpoint(path: Path, model_name: str = "resnet20", image_size: int = 32, seed: int = 0) -> Path:
+def make_checkpoint(path: Path, model_name: str = "resnet20", image_size: int = 32, seed: int = 0,
+                    **model_kwargs: object) -> Path:
     """A resnetkit checkpoint with random weights and non-trivial BatchNorm statistics."""
     torch.manual_seed(seed)
-    model = create_model(model_name, num_classes=len(CLASSES))
+    model = create_model(model_name, num_classes=len(CLASSES), **model_kwargs)
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):  # the export must use these (eval mode)
             m.running_mean.uniform_(-0.2, 0.2)
@@ -137,6 +138,18 @@ def test_imagenet_stem_model_exports(tmp_path: Path) -> None:
     result = export_checkpoint(ckpt, "torchscript")
     assert result.path == tmp_path / "r18.torchscript" and result.max_abs_diff < 1e-4
     _check_metadata(read_export_metadata(result.path), "resnet18", 64)
+
+
+def test_the_cpu_recipes_gelu_network_exports_and_reloads_with_gelu(tmp_path: Path) -> None:
+    ckpt = make_checkpoint(tmp_path / "cpu.pt", "resnet_cpu_fullres", seed=2, activation="gelu", whiten=True)
+    onnx = export_checkpoint(ckpt, "onnx")  # verified against the eager model, or it raises
+    assert onnx.max_abs_diff < 1e-3
+    back = resnetkit.load_checkpoint(export_checkpoint(ckpt, "safetensors").path)
+    assert sum(isinstance(m, torch.nn.GELU) for m in back.modules()) == 6
+    assert not any(isinstance(m, torch.nn.ReLU) for m in back.modules())
+    x = _inputs(2)
+    with torch.no_grad():
+        assert torch.equal(back(x), resnetkit.load_checkpoint(ckpt)(x))
 
 
 def test_a_failed_verification_keeps_nothing(ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

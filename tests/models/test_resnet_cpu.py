@@ -72,3 +72,21 @@ def test_bad_options_are_user_errors():
         create_model("resnet_cpu", bn_momentum=0.0)
     with pytest.raises(UserError, match="stem_stride must be 1 or 2"):
         create_model("resnet_cpu", stem_stride=4)
+    with pytest.raises(UserError, match="activation must be one of relu, gelu, got 'swish'"):
+        create_model("resnet_cpu", activation="swish")
+
+
+def test_gelu_replaces_every_relu_and_changes_nothing_else():
+    torch.manual_seed(0)
+    relu = create_model("resnet_cpu_fullres")
+    torch.manual_seed(0)
+    gelu = create_model("resnet_cpu_fullres", activation="gelu")
+    kinds = [(type(a).__name__, type(b).__name__) for a, b in zip(relu.modules(), gelu.modules()) if type(a) is not type(b)]
+    assert kinds == [("ReLU", "GELU")] * 6  # the stem's, one per stage, two in the residual pair
+    for (na, pa), (nb, pb) in zip(relu.state_dict().items(), gelu.state_dict().items()):  # same weights
+        assert na == nb and torch.equal(pa, pb)
+    x = torch.randn(2, 3, 32, 32)
+    relu.eval(), gelu.eval()
+    assert not torch.allclose(relu(x), gelu(x))  # and the activation really runs
+    unit = gelu.layers[1][1].branch[0][-1]
+    torch.testing.assert_close(unit(torch.tensor([-1.0, 0.0, 2.0])), F.gelu(torch.tensor([-1.0, 0.0, 2.0])))
