@@ -7,7 +7,7 @@ from resnetkit.training.config import RECIPES, resolve_config
 
 def test_cpu_fast_recipe_values():
     cfg = resolve_config("cpu-fast")
-    assert (cfg.model, cfg.model_kwargs, cfg.epochs, cfg.batch_size) == ("resnet_cpu", {"whiten": True}, 10, 512)
+    assert (cfg.model, cfg.model_kwargs, cfg.epochs, cfg.batch_size) == ("resnet_cpu", {"whiten": True, "activation": "gelu"}, 10, 512)
     assert (cfg.lr, cfg.schedule, cfg.warmup_epochs) == (0.8, "linear", 0.3)
     assert (cfg.optimizer, cfg.muon_lr, cfg.muon_momentum) == ("muon", 0.2, 0.6)
     assert (cfg.label_smoothing, cfg.weight_decay) == (0.2, 5e-4)
@@ -26,16 +26,17 @@ def test_recipe_model_options_follow_the_model():
     # another model does not get resnet_cpu's options; options given for resnet_cpu add to the recipe's
     assert resolve_config("cpu-fast", model="resnet20").model_kwargs == {}
     merged = resolve_config("cpu-fast", model_kwargs={"widths": [32, 64, 128]}).model_kwargs
-    assert merged == {"whiten": True, "widths": [32, 64, 128]}
-    assert resolve_config("cpu-fast", model_kwargs={"whiten": False}).model_kwargs == {"whiten": False}
+    assert merged == {"whiten": True, "activation": "gelu", "widths": [32, 64, 128]}
+    assert resolve_config("cpu-fast", model_kwargs={"whiten": False}).model_kwargs == {"whiten": False,
+                                                                                      "activation": "gelu"}
 
 
 def test_a_model_of_the_recipes_family_keeps_the_recipes_model_options():
     # resnet_cpu_fullres is resnet_cpu with a stride-1 stem: the recipe's whitening stem applies to it
     cfg = resolve_config("cpu-fast", model="resnet_cpu_fullres")
-    assert (cfg.model, cfg.model_kwargs) == ("resnet_cpu_fullres", {"whiten": True})
+    assert (cfg.model, cfg.model_kwargs) == ("resnet_cpu_fullres", {"whiten": True, "activation": "gelu"})
     both = resolve_config("cpu-fast", model="resnet_cpu_fullres", model_kwargs={"stem_width": 32}).model_kwargs
-    assert both == {"whiten": True, "stem_width": 32}
+    assert both == {"whiten": True, "activation": "gelu", "stem_width": 32}
     assert resolve_config("cpu-fast", model="resnet9").model_kwargs == {}  # another family: none of them
     assert resolve_config("cpu-fast", model="no_such_net").model_kwargs == {}  # reported when it is built
 
@@ -46,3 +47,27 @@ def test_a_run_cannot_change_a_recipe(recipe):
     cfg = resolve_config(recipe)
     cfg.model_kwargs["changed"] = 1
     assert repr(RECIPES[recipe].values) == before
+
+
+def test_the_activation_flag_sets_the_networks_activation(tmp_path, capsys):
+    import json
+
+    import torch
+
+    import resnetkit
+    from resnetkit.cli import main
+
+    args = ["train", "--recipe", "cpu-fast", "--data", "synthetic:64", "--max-steps", "1", "--precision", "fp32",
+            "--no-report"]
+    assert main([*args, "--activation", "relu", "--out", str(tmp_path / "relu")]) == 0
+    cfg = json.loads((tmp_path / "relu" / "config.json").read_text())["config"]
+    assert cfg["model_kwargs"] == {"whiten": True, "activation": "relu"}
+    model = resnetkit.load_checkpoint(tmp_path / "relu" / "last.pt")
+    assert not any(isinstance(m, torch.nn.GELU) for m in model.modules())
+    assert main([*args, "--out", str(tmp_path / "gelu")]) == 0  # the recipe's own
+    model = resnetkit.load_checkpoint(tmp_path / "gelu" / "last.pt")
+    assert sum(isinstance(m, torch.nn.GELU) for m in model.modules()) == 6
+    capsys.readouterr()
+    assert main(["train", "--model", "resnet20", "--data", "synthetic:64", "--max-steps", "1", "--activation", "gelu",
+                 "--out", str(tmp_path / "r20")]) == 2
+    assert "bad option for model 'resnet20'" in capsys.readouterr().err

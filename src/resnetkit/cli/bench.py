@@ -46,6 +46,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--lr", type=float, help="override the recipe's peak learning rate")
     a.add_argument("--optimizer", choices=["sgd", "muon"], help="override the recipe's optimizer (see 'train --help')")
     a.add_argument("--muon-lr", type=float, help="override the recipe's Muon learning rate")
+    a.add_argument("--activation", choices=["relu", "gelu"], help="override the activation of the recipe's resnet_cpu "
+                   "network (see 'train --help')")
     a.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
     a.add_argument("--precision", choices=["auto", "bf16", "fp32"], help="override the recipe's precision")
     a.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
@@ -76,6 +78,8 @@ def run_throughput(args: argparse.Namespace) -> int:
 def run_tta(args: argparse.Namespace) -> int:
     overrides = {k: getattr(args, k) for k in ("model", "batch_size", "lr", "optimizer", "muon_lr", "device",
                                                "precision", "compile", "max_steps") if getattr(args, k) is not None}
+    if args.activation is not None:  # merged over the recipe's model options (whitening kept)
+        overrides["model_kwargs"] = {"activation": args.activation}
     res = api.bench_time_to_accuracy(args.recipe, args.data, list(range(args.seeds)), args.out, epochs=args.epochs,
                                      budget_seconds=args.budget_seconds, target=args.target,
                                      check_images=args.check_images, progress=sys.stderr.isatty(), **overrides)

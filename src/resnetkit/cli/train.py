@@ -181,6 +181,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--drop-rate", type=float, help="dropout before the classifier (default: the model's)")
     m.add_argument("--shortcut", choices=["A", "B"], help="shortcut type when shapes change (default: the model's)")
     m.add_argument("--width-mult", type=float, help="multiply every layer's width (default: the model's)")
+    m.add_argument("--activation", choices=["relu", "gelu"],
+                   help="activation of the resnet_cpu networks (default: the model's relu; gelu under cpu-fast)")
     r = p.add_argument_group("running")
     r.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     r.add_argument("--precision", choices=["auto", "bf16", "fp32"],
@@ -218,7 +220,7 @@ def _loggers(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-MODEL_OPTIONS = ("zero_init_residual", "drop_rate", "shortcut", "width_mult")
+MODEL_OPTIONS = ("zero_init_residual", "drop_rate", "shortcut", "width_mult", "activation")
 NOT_CONFIG = ("command", "func", "verbose", "resume", "auto_resume", "nproc", "recipe", "no_report", *MODEL_OPTIONS)
 
 

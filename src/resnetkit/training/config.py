@@ -148,13 +148,15 @@ _recipe(
     "cpu-fast",
     "Shortest time to a good model on a CPU: resnet_cpu (patchify stem, ResNet-9 stages; about 6x "
     "fewer multiply-adds than ResNet-20's full-resolution layers) with its stem set to the whitening "
-    "transform of the training patches and frozen (hlb-CIFAR10; Jordan 2024), batch 512, Muon on the "
+    "transform of the training patches and frozen (hlb-CIFAR10; Jordan 2024) and GELU activations "
+    "(Hendrycks and Gimpel 2016; as in airbench94), batch 512, Muon on the "
     "convolution filters (lr 0.2, momentum 0.6; Jordan et al. 2024, as in airbench94) and Nesterov SGD "
     "lr 0.8 on the rest, 0.3 warmup epochs then linear decay (Smith 2018; Page 2018; the batch and "
     "learning rates chosen by measurement: docs/speed-cpu.md), weight decay 5e-4 except BatchNorm/bias, "
     "label smoothing 0.2 (hlb-CIFAR10), 2-pixel reflect-padded crop + alternating flip (Jordan 2024), "
     "flip-and-shift TTA (Jordan 2024), precision and layout measured (--precision auto), 10 epochs.",
-    model="resnet_cpu", model_kwargs={"whiten": True}, epochs=10, batch_size=512, lr=0.8, momentum=0.9,
+    model="resnet_cpu", model_kwargs={"whiten": True, "activation": "gelu"}, epochs=10, batch_size=512, lr=0.8,
+    momentum=0.9,
     nesterov=True, optimizer="muon", muon_lr=0.2, muon_momentum=0.6, weight_decay=5e-4, no_decay_1d=True,
     label_smoothing=0.2, schedule="linear", warmup_epochs=0.3, crop_pad=2, crop_fill="reflect", flip="alternating",
     cutout=0, tta="flip-shift", eval_every=0, precision="auto",
