@@ -68,6 +68,22 @@ def test_the_activation_flag_sets_the_networks_activation(tmp_path, capsys):
     model = resnetkit.load_checkpoint(tmp_path / "gelu" / "last.pt")
     assert sum(isinstance(m, torch.nn.GELU) for m in model.modules()) == 6
     capsys.readouterr()
-    assert main(["train", "--model", "resnet20", "--data", "synthetic:64", "--max-steps", "1", "--activation", "gelu",
-                 "--out", str(tmp_path / "r20")]) == 2
-    assert "bad option for model 'resnet20'" in capsys.readouterr().err
+    # refused before any data is read: the data path does not exist, and the message is the option's
+    assert main(["train", "--model", "resnet20", "--data", str(tmp_path / "missing"), "--max-steps", "1",
+                 "--activation", "gelu", "--out", str(tmp_path / "r20")]) == 2
+    err = capsys.readouterr().err
+    assert "model 'resnet20' does not take --activation; its model options are " in err
+    assert "zero_init_residual" in err and "missing" not in err
+    assert not (tmp_path / "r20").exists()
+
+
+def test_a_model_option_the_model_does_not_take_is_refused_by_name():
+    from resnetkit.errors import UserError
+
+    with pytest.raises(UserError, match=r"model 'resnet20' does not take activation, whiten; its model options are "
+                                        r"in_channels, stem, "):
+        resolve_config(model="resnet20", data="synthetic:8", model_kwargs={"activation": "gelu", "whiten": True})
+    with pytest.raises(UserError, match="model 'resnet_cpu' does not take shortcut"):
+        resolve_config(recipe="cpu-fast", data="synthetic:8", model_kwargs={"shortcut": "A"})
+    assert resolve_config(model="resnet20", data="synthetic:8", model_kwargs={"shortcut": "B"}).model_kwargs == {
+        "shortcut": "B"}

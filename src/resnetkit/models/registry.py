@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,6 +69,25 @@ def model_info(name: str) -> ModelInfo:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else "; run 'resnetkit models' to list them"
         raise UnknownModelError(f"unknown model {name!r}{hint}") from None
+
+
+def check_model_options(name: str, options: dict[str, Any]) -> None:
+    """Refuse a model option that ``name`` does not take, naming the ones it does (before any data is read).
+
+    An unknown model name passes: it is reported where the model is built.
+    """
+    try:
+        info = model_info(name)
+    except UnknownModelError:
+        return
+    params = inspect.signature(info.builder).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = [k for k in options if k not in params]
+    if unknown:
+        takes = [k for k in params if k not in ("num_classes", "block", "layers")]
+        raise UserError(f"model {name!r} does not take {', '.join(f'<<{k}>>' for k in unknown)}; its model options "
+                        f"are {', '.join(takes)}")
 
 
 def create_model(name: str, num_classes: int | None = None, **overrides: Any) -> nn.Module:

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..data.synthetic import parse_synthetic
 from ..errors import UserError
-from ..models.registry import UnknownModelError, model_info
+from ..models.registry import UnknownModelError, check_model_options, model_info
 from ..runtime.inference import tta_mode
 from .loggers import check_installed
 
@@ -306,3 +306,4 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.freeze_backbone and not cfg.pretrained:
         raise UserError("<<freeze_backbone>> needs <<pretrained>> weights to keep (a random backbone would stay "
                         "random); add <<pretrained>> or drop <<freeze_backbone>>")
+    check_model_options(cfg.model, cfg.model_kwargs)
