@@ -129,3 +129,14 @@ def test_sync_bn_without_cuda_is_a_user_error() -> None:
     with pytest.raises(UserError, match="--sync-bn needs CUDA"):
         build(cfg, None, DistContext(rank=0, local_rank=0, world_size=2), None)
     assert torch.distributed.is_initialized() is False  # refused before any collective
+
+
+def test_a_stem_frozen_mid_run_keeps_the_ranks_equal(tmp_path: Path) -> None:
+    """cpu-fast freezes resnet_cpu's stem after --stem-epochs: DDP is told that parameters stop getting gradients."""
+    args = ["--recipe", "cpu-fast", "--data", "synthetic:261", "--batch-size", "32", "--precision", "fp32",
+            "--epochs", "2", "--stem-epochs", "1", "--no-report"]
+    check(run(torchrun(["train", *args, "--out", str(tmp_path / "run")]), rank_env(tmp_path, dump=tmp_path / "dump"),
+              tmp_path))
+    rank0, rank1 = load_dumps(tmp_path / "dump")
+    assert_same_state(rank0, rank1)
+    assert peek(tmp_path / "run" / "last.pt")["global_step"] == 2 * STEPS_PER_EPOCH

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from resnetkit.models import create_model, list_models
+from resnetkit.models.resnet_cpu import ResNetCPU
 
 
 def test_registered_with_parameter_count():
@@ -90,3 +91,17 @@ def test_gelu_replaces_every_relu_and_changes_nothing_else():
     assert not torch.allclose(relu(x), gelu(x))  # and the activation really runs
     unit = gelu.layers[1][1].branch[0][-1]
     torch.testing.assert_close(unit(torch.tensor([-1.0, 0.0, 2.0])), F.gelu(torch.tensor([-1.0, 0.0, 2.0])))
+
+
+@pytest.mark.parametrize("whiten", [True, False])
+def test_a_frozen_stem_gets_no_gradient_and_the_first_stage_still_learns(whiten):
+    torch.manual_seed(0)
+    model = ResNetCPU(whiten=whiten, stem_stride=1)
+    assert all(p.requires_grad for p in model.stem[1].parameters())
+    assert model.stem[0].weight.requires_grad is not whiten  # a whitened stem's filters are frozen from the start
+    assert model.freeze_stem() is True
+    assert model.freeze_stem() is False  # nothing left to freeze
+    model(torch.randn(4, 3, 32, 32)).sum().backward()
+    assert all(p.grad is None and not p.requires_grad for p in model.stem.parameters())
+    first = model.layers[0][0][0].weight
+    assert first.grad is not None and first.grad.abs().sum() > 0

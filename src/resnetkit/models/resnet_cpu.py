@@ -139,6 +139,18 @@ class ResNetCPU(ClassifierAPI):
         reps = -(-conv.out_channels // len(filters))
         conv.weight.copy_(filters.repeat(reps, 1, 1, 1)[:conv.out_channels])
 
+    def freeze_stem(self) -> bool:
+        """Stop training the stem (its BatchNorm's scale and shift; the filters too unless whitened, where they are
+        frozen already). True if anything was still training.
+
+        Nothing before the first stage then needs a gradient, so the backward pass skips the first stage's input
+        gradient and the stem's own: about 15% of a training step of ``resnet_cpu_fullres`` on a CPU.
+        """
+        trainable = [p for p in self.stem.parameters() if p.requires_grad]
+        for p in trainable:
+            p.requires_grad_(False)
+        return bool(trainable)
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
         return self.layers(self.stem(x))

@@ -338,6 +338,10 @@ class Trainer:
     def _train_one_epoch(self):
         s, cfg, state = self.setup, self.cfg, self.state
         s.train_loader.set_epoch(state.epoch)
+        if cfg.stem_epochs is not None and state.epoch >= cfg.stem_epochs and unwrap(s.model).freeze_stem():
+            # a function of the epoch alone, so a resumed run freezes it where the first run did
+            log.info("stem frozen from epoch %d on (trained for %d epochs): the backward pass skips it", state.epoch + 1,
+                     cfg.stem_epochs)
         if self.budget is None:
             size = progressive_size(cfg.progressive_sizes, state.epoch, self.total_epochs)
         else:  # the part of the budget this epoch starts in
