@@ -175,6 +175,8 @@ class SeedRun:
     eval_seconds: float
     wall_seconds: float
     epochs: float
+    model: str = ""  # the network the run trained (a recipe's time budget can choose it)
+    batch_size: int = 0
     target_seconds: float | None = None  # training seconds until the check first reached the target
     target_epoch: int | None = None
     check_curve: list[float] | None = None  # the held-out check's top-1 after each epoch
@@ -233,8 +235,12 @@ def time_to_accuracy(recipe: str, data_source: str, seeds: list[int], out_root: 
         hit_s, hit_e = _target_time(last.history, target) if target is not None else (None, None)
         curve = [row["val_acc"] for row in last.history if "val_acc" in row] if target is not None else None
         runs.append(SeedRun(seed, last.test_top1, last.train_seconds, last.compile_seconds, last.prep_seconds,
-                            last.eval_seconds, last.wall_seconds, last.epochs_trained, hit_s, hit_e, curve))
-    out: dict = {"recipe": recipe, "model": cfg.model, "optimizer": cfg.optimizer, "data": data_source,
+                            last.eval_seconds, last.wall_seconds, last.epochs_trained, last.config["model"],
+                            int(last.config["batch_size"]), hit_s, hit_e, curve))
+    models = sorted({r.model for r in runs})
+    out: dict = {"recipe": recipe, "model": ", ".join(models) if runs else cfg.model,
+                 "batch_size": ", ".join(sorted({str(r.batch_size) for r in runs})) if runs else str(cfg.batch_size),
+                 "optimizer": cfg.optimizer, "data": data_source,
                  "epochs": mean_std([r.epochs for r in runs])[0] if runs else cfg.epochs, "budget_seconds": budget_seconds, "seeds": seeds,
                  "precision": last.precision if last else None,
                  "channels_last": last.channels_last if last else None,

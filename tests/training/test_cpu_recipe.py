@@ -1,6 +1,7 @@
 """The cpu-fast recipe resolves to its documented values; flags still override it."""
 
 import pytest
+import torch
 
 from resnetkit.training.config import RECIPES, resolve_config
 
@@ -87,3 +88,93 @@ def test_a_model_option_the_model_does_not_take_is_refused_by_name():
         resolve_config(recipe="cpu-fast", data="synthetic:8", model_kwargs={"shortcut": "A"})
     assert resolve_config(model="resnet20", data="synthetic:8", model_kwargs={"shortcut": "B"}).model_kwargs == {
         "shortcut": "B"}
+
+
+def test_the_budget_network_is_off_when_the_network_batch_or_muon_lr_is_given():
+    recipe = resolve_config(recipe="cpu-fast", data="synthetic:8")
+    assert recipe.budget_model == {"model": "resnet_cpu_fullres", "batch_size": 256, "muon_lr": 0.1, "min_epochs": 3.0}
+    for given in ({"model": "resnet_cpu"}, {"batch_size": 128}, {"muon_lr": 0.3}):
+        assert resolve_config(recipe="cpu-fast", data="synthetic:8", **given).budget_model is None
+    # the activation (a model option) keeps it: the option applies to either network
+    assert resolve_config(recipe="cpu-fast", data="synthetic:8",
+                          model_kwargs={"activation": "relu"}).budget_model == recipe.budget_model
+    from resnetkit.errors import UserError
+
+    with pytest.raises(UserError, match="budget_model"):
+        resolve_config(recipe="cpu-fast", data="synthetic:8", budget_model={"model": "resnet_cpu_fullres"})
+
+
+@pytest.mark.parametrize("epochs_bought, trained", [(2.9, "resnet_cpu"), (3.1, "resnet_cpu_fullres")])
+def test_a_time_budget_trains_the_network_it_buys_enough_epochs_of(tmp_path, monkeypatch, epochs_bought, trained):
+    """The rate the precision probe measures decides: min_epochs (3) of the larger network, or the recipe's."""
+    import json
+
+    from resnetkit import api
+    from resnetkit.data.prepare import prepare_data
+    from resnetkit.runtime import probe
+    from resnetkit.training import setup
+
+    n_train = len(prepare_data("synthetic:256").train_labels)
+    budget = 2.0
+    asked = []
+
+    def fake_decide(model_name, model_kwargs, batch_size, image_size, **kw):
+        asked.append((model_name, batch_size))
+        rate = epochs_bought * n_train / budget if model_name == "resnet_cpu_fullres" else 1e6
+        return probe.ProbeDecision("fp32", False, [probe.ProbeRow("fp32", False, rate / 2, images_per_s=rate),
+                                                   probe.ProbeRow("bf16", False, 1.0, dropped=True)])
+
+    monkeypatch.setenv("RESNETKIT_PRECISION_PROBE", "on")
+    monkeypatch.setattr(setup, "decide", fake_decide)
+    monkeypatch.setattr(probe, "decide", fake_decide)
+    out = tmp_path / "run"
+    api.train(data="synthetic:256", recipe="cpu-fast", time_budget=budget, max_steps=1, out=out, report=False)
+    cfg = json.loads((out / "config.json").read_text())["config"]
+    assert (cfg["model"], cfg["budget_model"]) == (trained, None)
+    # the larger network's batch (256, capped to the small training set) and Muon lr (scaled with it)
+    small = 1 << ((n_train // 16).bit_length() - 1)
+    assert asked[0] == ("resnet_cpu_fullres", small)
+    if trained == "resnet_cpu_fullres":
+        assert (cfg["batch_size"], cfg["muon_lr"]) == (small, pytest.approx(0.1 * small / 256))
+    else:
+        assert (cfg["batch_size"], cfg["muon_lr"]) == (small, pytest.approx(0.2 * small / 512))
+    # a run with the network given never asks
+    asked.clear()
+    api.train(data="synthetic:256", recipe="cpu-fast", model="resnet_cpu", time_budget=budget, max_steps=1,
+              out=tmp_path / "given", report=False)
+    assert [m for m, _ in asked] == ["resnet_cpu"]  # only the precision probe of the network given
+
+
+def test_the_stem_stops_training_after_stem_epochs_and_a_resume_freezes_it_too(tmp_path):
+    """Epoch 1 trains the stem's BatchNorm; from epoch 2 on it stays as it was, also across a resume mid-run."""
+    from resnetkit import api
+    from resnetkit.checkpoint import peek
+
+    opts = dict(data="synthetic:256", recipe="cpu-fast", epochs=3, stem_epochs=1, precision="fp32", batch_size=32,
+                report=False)
+    whole = api.train(out=tmp_path / "whole", **opts)
+    steps = whole.history[0]["step"]  # steps in one epoch
+    api.train(out=tmp_path / "init", max_steps=1, **{**opts, "stem_epochs": 0})  # frozen from the start
+    first = peek(tmp_path / "init" / "last.pt")["model"]
+    api.train(out=tmp_path / "part", stop_after_steps=steps + 2, **opts)  # two steps into epoch 2
+    after_one = peek(tmp_path / "part" / "last.pt")["model"]
+    api.resume(tmp_path / "part", report=False)
+    final = peek(tmp_path / "whole" / "last.pt")["model"]
+    resumed = peek(tmp_path / "part" / "last.pt")["model"]
+    for name in ("stem.1.weight", "stem.1.bias"):
+        assert torch.equal(first[name], torch.ones_like(first[name]) if name.endswith("weight") else
+                           torch.zeros_like(first[name]))  # stem_epochs=0: never trained
+        assert not torch.equal(after_one[name], first[name])  # epoch 1 trained it
+        assert torch.equal(final[name], after_one[name]) and torch.equal(resumed[name], after_one[name])
+    assert not torch.equal(final["fc.weight"], after_one["fc.weight"])  # the rest went on learning
+    assert all(torch.equal(final[k], resumed[k]) for k in final)  # and the resumed run ends bit for bit the same
+
+
+def test_stem_epochs_belongs_to_the_resnet_cpu_networks():
+    from resnetkit.errors import UserError
+
+    with pytest.raises(UserError, match="stem_epochs"):
+        resolve_config(model="resnet20", data="synthetic:8", stem_epochs=1)
+    with pytest.raises(UserError, match="stem_epochs"):
+        resolve_config(recipe="cpu-fast", data="synthetic:8", stem_epochs=-1)
+    assert resolve_config(recipe="cpu-fast", data="synthetic:8", model="resnet20").stem_epochs is None

@@ -86,7 +86,8 @@ def run_tta(args: argparse.Namespace) -> int:
     api.save_json(args.json, res)
     print(json.dumps({k: v for k, v in res.items() if k != "runs"}, default=str))
     layout = "channels_last" if res["channels_last"] else "contiguous"
-    print(f"{res['recipe']} ({res['model']}, {res['optimizer']}) on {res['cpu']}, {res['threads']} threads, "
+    print(f"{res['recipe']} ({res['model']}, batch {res['batch_size']}, {res['optimizer']}) on {res['cpu']}, "
+          f"{res['threads']} threads, "
           f"{res['precision']} {layout}")
     print(f"{'seed':>4} {'epochs':>7} {'top-1':>7} {'prep s':>7} {'train s':>8} {'eval s':>7} {'compile s':>9}"
           f" {'target s':>8}")

@@ -145,7 +145,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     length.add_argument("--epochs", type=_epochs, help="whole passes over the training images")
     length.add_argument("--time-budget", type=_duration, metavar="DURATION",
                    help="train for this long instead of --epochs (300, 90s, 5m, 1.5h): the lr schedule runs "
-                        "on the clock and training stops when the time is spent; evaluation does not count")
+                        "on the clock and training stops when the time is spent; evaluation does not count. Under "
+                        "--recipe cpu-fast it also picks the network the budget trains best on this CPU")
     h.add_argument("--batch-size", type=int, help="global batch size (split across processes)")
     h.add_argument("--lr", type=float, help="peak learning rate")
     h.add_argument("--momentum", type=float, help="SGD momentum")
@@ -160,6 +161,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     h.add_argument("--schedule", choices=["constant", "cosine", "linear", "step"],
                    help="lr schedule after the warmup (step: /10 at 50%% and 75%% of the run, He et al. 2015)")
     h.add_argument("--warmup-epochs", type=float, help="epochs of linear lr warmup from 0")
+    h.add_argument("--stem-epochs", type=int, metavar="N",
+                   help="train a resnet_cpu network's stem for N epochs, then freeze it so the backward pass skips it "
+                        "(cpu-fast: 2; a number past the run's end never freezes it)")
     h.add_argument("--crop-pad", type=int, help="random-crop padding in pixels (0: no crop)")
     h.add_argument("--crop-fill", choices=["zero", "reflect"], help="how the crop padding is filled")
     h.add_argument("--flip", choices=["random", "alternating", "none"], help="horizontal flip augmentation")

@@ -255,6 +255,17 @@ def format_rows(rows: list[ProbeRow]) -> str:
                      + ("dropped" if r.dropped else f"{r.images_per_s:.0f} img/s") for r in rows)
 
 
+def probe_enabled() -> bool:
+    """False when ``RESNETKIT_PRECISION_PROBE`` is off (0, off, false, no)."""
+    return os.environ.get("RESNETKIT_PRECISION_PROBE", "on").lower() not in ("0", "off", "false", "no")
+
+
+def measured_rate(d: ProbeDecision) -> float:
+    """Training images per second of the decision's own precision and layout (0 if it was not timed)."""
+    return next((r.images_per_s for r in d.rows if (r.precision, r.channels_last) == (d.precision, d.channels_last)),
+                0.0)
+
+
 def resolve_precision_layout(precision: str | None, channels_last: bool | None, device: torch.device, *,
                              model_name: str, model_kwargs: dict | None, batch_size: int, image_size: int,
                              num_classes: int = 10, in_channels: int = 3) -> tuple[str, bool]:
@@ -266,8 +277,7 @@ def resolve_precision_layout(precision: str | None, channels_last: bool | None, 
     """
     from .device import resolve_channels_last, resolve_precision
 
-    probe_on = os.environ.get("RESNETKIT_PRECISION_PROBE", "on").lower() not in ("0", "off", "false", "no")
-    if precision in (None, "", "auto") and device.type == "cpu" and probe_on:
+    if precision in (None, "", "auto") and device.type == "cpu" and probe_enabled():
         d = decide(model_name, model_kwargs, batch_size, image_size, num_classes=num_classes,
                    in_channels=in_channels, device=device)
         return d.precision, d.channels_last if channels_last is None else bool(channels_last)

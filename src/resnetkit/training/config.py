@@ -85,6 +85,12 @@ class TrainConfig:
     cutmix: float = 0.0  # Beta alpha (0: off), Yun et al. 2019
     mix_prob: float = 1.0
     mix_switch_prob: float = 0.5
+    # with a time budget on a CPU: train budget_model["model"] (at its batch_size and muon_lr) instead when the
+    # budget buys at least budget_model["min_epochs"] of it at the rate the precision probe measures (the
+    # recipe's choice of network; decided once, and off when model, batch_size or muon_lr are given)
+    budget_model: dict[str, Any] | None = None
+    # train the network's stem for this many epochs, then freeze it (networks with freeze_stem(): resnet_cpu)
+    stem_epochs: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -154,12 +160,16 @@ _recipe(
     "lr 0.8 on the rest, 0.3 warmup epochs then linear decay (Smith 2018; Page 2018; the batch and "
     "learning rates chosen by measurement: docs/speed-cpu.md), weight decay 5e-4 except BatchNorm/bias, "
     "label smoothing 0.2 (hlb-CIFAR10), 2-pixel reflect-padded crop + alternating flip (Jordan 2024), "
-    "flip-and-shift TTA (Jordan 2024), precision and layout measured (--precision auto), 10 epochs.",
+    "flip-and-shift TTA (Jordan 2024), the stem's BatchNorm trained for 2 epochs, then frozen (as airbench94 "
+    "trains its whitening bias for 3), precision and layout measured (--precision auto), 10 epochs. With a "
+    "time budget on a CPU that buys 3 epochs of resnet_cpu_fullres (at the rate the precision probe "
+    "measures), that network at batch 256 and Muon lr 0.1 instead (docs/training.md).",
     model="resnet_cpu", model_kwargs={"whiten": True, "activation": "gelu"}, epochs=10, batch_size=512, lr=0.8,
     momentum=0.9,
     nesterov=True, optimizer="muon", muon_lr=0.2, muon_momentum=0.6, weight_decay=5e-4, no_decay_1d=True,
     label_smoothing=0.2, schedule="linear", warmup_epochs=0.3, crop_pad=2, crop_fill="reflect", flip="alternating",
     cutout=0, tta="flip-shift", eval_every=0, precision="auto",
+    budget_model={"model": "resnet_cpu_fullres", "batch_size": 256, "muon_lr": 0.1, "min_epochs": 3.0}, stem_epochs=2,
 )
 
 
@@ -229,11 +239,14 @@ def resolve_config(recipe: str | None = None, **overrides: Any) -> TrainConfig:
     recipe_values = copy.deepcopy(RECIPES[name].values)  # a run must never edit the recipe's dicts
     if "model" in given and not _same_family(given["model"], recipe_values.get("model")):
         recipe_values.pop("model_kwargs", None)  # the recipe's model options are for its own family
+        recipe_values.pop("stem_epochs", None)  # and so is freezing the stem
     elif "model_kwargs" in given:
         given["model_kwargs"] = {**recipe_values.get("model_kwargs", {}), **given["model_kwargs"]}
     values = {**recipe_values, **given}
     if "batch_size" in given and "adapt_batch" not in given:
         values["adapt_batch"] = False  # a batch the user chose is kept as it is
+    if "budget_model" not in given and any(k in given for k in ("model", "batch_size", "muon_lr")):
+        values["budget_model"] = None  # the network, batch or Muon lr the user chose is kept
     cfg = TrainConfig(recipe=name, **values)
     validate(cfg)
     muon_only = [k for k in ("muon_lr", "muon_momentum") if k in given]
@@ -307,3 +320,20 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError("<<freeze_backbone>> needs <<pretrained>> weights to keep (a random backbone would stay "
                         "random); add <<pretrained>> or drop <<freeze_backbone>>")
     check_model_options(cfg.model, cfg.model_kwargs)
+    if cfg.stem_epochs is not None:
+        if not isinstance(cfg.stem_epochs, int) or isinstance(cfg.stem_epochs, bool) or cfg.stem_epochs < 0:
+            raise UserError(f"<<stem_epochs>> takes a whole number of epochs (0 or more), got {cfg.stem_epochs!r}")
+        try:
+            freezable = hasattr(model_info(cfg.model).builder, "freeze_stem")
+        except UnknownModelError:
+            freezable = True  # the unknown name is reported where the model is built
+        if not freezable:
+            raise UserError(f"<<stem_epochs>> freezes the stem of a resnet_cpu network; {cfg.model} has no stem to "
+                            f"freeze, so drop it")
+    if cfg.budget_model is not None:
+        bm = cfg.budget_model
+        if not isinstance(bm, dict) or "model" not in bm or not bm.get("min_epochs", 0) > 0 or set(bm) - {
+                "model", "batch_size", "muon_lr", "min_epochs"}:
+            raise UserError(f"<<budget_model>> takes a model name, a positive min_epochs and optionally a batch_size "
+                            f"and a muon_lr, got {bm!r}")
+        model_info(bm["model"])

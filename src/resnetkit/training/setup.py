@@ -33,7 +33,7 @@ from ..runtime.device import (
 )
 from ..runtime.inference import predict_logits
 from ..runtime.loaders import batch_dtype, eval_loader
-from ..runtime.probe import resolve_precision_layout
+from ..runtime.probe import decide, measured_rate, probe_enabled, resolve_precision_layout
 from .config import TrainConfig, adapted_batch
 from .distributed import DistContext
 from .ema import ModelEma
@@ -129,6 +129,9 @@ def build(cfg: TrainConfig, ckpt: dict | None, dist: DistContext, data: ImageDat
     if data.num_classes == 1:
         log.warning("the data has one class (%s): every prediction will be that class and every accuracy 100%%; "
                     "add a folder per class to learn to tell them apart", data.classes[0])
+    if cfg.budget_model and cfg.time_budget is not None and ckpt is None:
+        _network_for_budget(cfg, device, dist, data)
+    cfg.budget_model = None  # decided once; the saved config holds the network the run trains
     if cfg.adapt_batch and ckpt is None:
         n_train = len(data.train_labels) - cfg.val_split
         batch, lr = adapted_batch(cfg.batch_size, cfg.lr, n_train, dist.world_size)
@@ -186,7 +189,9 @@ def build(cfg: TrainConfig, ckpt: dict | None, dist: DistContext, data: ImageDat
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     net: nn.Module = model
     if dist.enabled:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        # a stem frozen mid-run stops getting gradients, which DDP must be told to expect
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                                  find_unused_parameters=cfg.stem_epochs is not None)
     if cfg.compile:
         net = torch.compile(net)
 
@@ -205,6 +210,43 @@ def build(cfg: TrainConfig, ckpt: dict | None, dist: DistContext, data: ImageDat
     log.info("device %s, precision %s, channels_last %s, %d train / %d test images, %d classes",
              device, precision, channels_last, len(tx), len(data.test_labels), data.num_classes)
     return s
+
+
+def _network_for_budget(cfg: TrainConfig, device: torch.device, dist: DistContext, data: ImageData) -> None:
+    """The recipe's ``budget_model`` instead of its model when the time budget buys ``min_epochs`` of it.
+
+    The epochs are the budget times the training rate the precision probe measures for that network
+    and batch on this CPU (cached per machine, as the precision decision), over the training images.
+    Where nothing is timed (a GPU, several processes, a fixed precision, the probe switched off) the
+    recipe's model stays.
+    """
+    bm = dict(cfg.budget_model or {})
+    other, min_epochs = bm["model"], float(bm["min_epochs"])
+    if device.type != "cpu" or dist.enabled or cfg.precision not in (None, "", "auto") or not probe_enabled():
+        log.info("training %s: the %s recipe trains %s instead when the time budget buys %.3g epochs of it, as "
+                 "measured by the precision probe on a CPU, which this run does not run", cfg.model, cfg.recipe,
+                 other, min_epochs)
+        return
+    n_train = len(data.train_labels) - cfg.val_split
+    batch = int(bm.get("batch_size", cfg.batch_size))
+    if cfg.adapt_batch:
+        batch = adapted_batch(batch, cfg.lr, n_train)[0]
+    d = decide(other, cfg.model_kwargs, batch, max(cfg.progressive_sizes or [data.image_size]),
+               num_classes=data.num_classes, in_channels=int(data.train_images.shape[1]), device=device)
+    rate = measured_rate(d)
+    epochs = cfg.time_budget * rate / max(1, n_train)
+    if epochs < min_epochs:
+        log.info("training %s: %.0f s buy about %.1f epochs of %s here (%.0f img/s measured), fewer than the %.3g "
+                 "at which it is the better choice", cfg.model, cfg.time_budget, epochs, other, rate, min_epochs)
+        return
+    changes = [f"batch {int(bm.get('batch_size', cfg.batch_size))}"] + (
+        [f"Muon lr {bm['muon_lr']:.4g}"] if "muon_lr" in bm else [])
+    log.info("training %s (%s) instead of %s: %.0f s buy about %.1f epochs of it here (%.0f img/s measured), at "
+             "least the %.3g at which it is the better choice (--model %s keeps the smaller network)", other,
+             ", ".join(changes), cfg.model, cfg.time_budget, epochs, rate, min_epochs, cfg.model)
+    cfg.model = other
+    cfg.batch_size = int(bm.get("batch_size", cfg.batch_size))
+    cfg.muon_lr = float(bm.get("muon_lr", cfg.muon_lr))
 
 
 def _check_image_size(cfg: TrainConfig, data: ImageData) -> None:
