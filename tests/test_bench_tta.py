@@ -42,10 +42,11 @@ def test_cli_time_to_accuracy_json(tmp_path, capsys):
     out = tmp_path / "tta.json"
     assert main(["bench", "time-to-accuracy", "--recipe", "cpu-fast", "--data", "synthetic:128", "--seeds", "1",
                  "--epochs", "1", "--batch-size", "16", "--max-steps", "2", "--precision", "fp32", "--target", "0.9", "--check-images", "16",
-                 "--activation", "relu", "--out", str(tmp_path / "runs"), "--json", str(out)]) == 0
+                 "--activation", "relu", "--stem-epochs", "7", "--out", str(tmp_path / "runs"), "--json", str(out)]) == 0
     res = json.loads(out.read_text())
     cfg = json.loads((tmp_path / "runs" / "seed0" / "config.json").read_text())["config"]
     assert cfg["model_kwargs"] == {"whiten": True, "activation": "relu"}  # over the recipe's options, not instead
+    assert cfg["stem_epochs"] == 7 and (res["model"], res["batch_size"]) == ("resnet_cpu", "16")
     # 112 training images (16 held out for the check) in batches of 16: 7 steps an epoch, 2 of them run
     assert res["target"] == 0.9 and res["runs"][0]["epochs"] == pytest.approx(2 / 7) and "machine" in res
     assert {"prep_seconds_mean", "train_seconds_mean", "eval_seconds_mean", "precision", "cpu"} <= set(res)

@@ -48,6 +48,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--muon-lr", type=float, help="override the recipe's Muon learning rate")
     a.add_argument("--activation", choices=["relu", "gelu"], help="override the activation of the recipe's resnet_cpu "
                    "network (see 'train --help')")
+    a.add_argument("--stem-epochs", type=int, metavar="N", help="override the epochs the recipe trains a resnet_cpu "
+                   "network's stem before freezing it (see 'train --help'; a number past the run's end: never)")
     a.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
     a.add_argument("--precision", choices=["auto", "bf16", "fp32"], help="override the recipe's precision")
     a.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
@@ -77,7 +79,7 @@ def run_throughput(args: argparse.Namespace) -> int:
 
 def run_tta(args: argparse.Namespace) -> int:
     overrides = {k: getattr(args, k) for k in ("model", "batch_size", "lr", "optimizer", "muon_lr", "device",
-                                               "precision", "compile", "max_steps") if getattr(args, k) is not None}
+                                               "precision", "compile", "max_steps", "stem_epochs") if getattr(args, k) is not None}
     if args.activation is not None:  # merged over the recipe's model options (whitening kept)
         overrides["model_kwargs"] = {"activation": args.activation}
     res = api.bench_time_to_accuracy(args.recipe, args.data, list(range(args.seeds)), args.out, epochs=args.epochs,
