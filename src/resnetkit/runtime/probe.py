@@ -260,6 +260,11 @@ def probe_enabled() -> bool:
     return os.environ.get("RESNETKIT_PRECISION_PROBE", "on").lower() not in ("0", "off", "false", "no")
 
 
+def probe_applies(precision: str | None, device: torch.device) -> bool:
+    """Whether ``precision`` on ``device`` is decided by timing: ``auto`` on a CPU with the probe on."""
+    return precision in (None, "", "auto") and device.type == "cpu" and probe_enabled()
+
+
 def measured_rate(d: ProbeDecision) -> float:
     """Training images per second of the decision's own precision and layout (0 if it was not timed)."""
     return next((r.images_per_s for r in d.rows if (r.precision, r.channels_last) == (d.precision, d.channels_last)),
@@ -277,7 +282,7 @@ def resolve_precision_layout(precision: str | None, channels_last: bool | None, 
     """
     from .device import resolve_channels_last, resolve_precision
 
-    if precision in (None, "", "auto") and device.type == "cpu" and probe_enabled():
+    if probe_applies(precision, device):
         d = decide(model_name, model_kwargs, batch_size, image_size, num_classes=num_classes,
                    in_channels=in_channels, device=device)
         return d.precision, d.channels_last if channels_last is None else bool(channels_last)

@@ -33,7 +33,7 @@ from ..runtime.device import (
 )
 from ..runtime.inference import predict_logits
 from ..runtime.loaders import batch_dtype, eval_loader
-from ..runtime.probe import decide, measured_rate, probe_enabled, resolve_precision_layout
+from ..runtime.probe import decide, measured_rate, probe_applies, resolve_precision_layout
 from .config import TrainConfig, adapted_batch
 from .distributed import DistContext
 from .ema import ModelEma
@@ -212,6 +212,11 @@ def build(cfg: TrainConfig, ckpt: dict | None, dist: DistContext, data: ImageDat
     return s
 
 
+def _probe_size(cfg: TrainConfig, data: ImageData) -> int:
+    """The image size the probe times: the largest the run trains at."""
+    return max(cfg.progressive_sizes or [data.image_size])
+
+
 def _network_for_budget(cfg: TrainConfig, device: torch.device, dist: DistContext, data: ImageData) -> None:
     """The recipe's ``budget_model`` instead of its model when the time budget buys ``min_epochs`` of it.
 
@@ -222,16 +227,15 @@ def _network_for_budget(cfg: TrainConfig, device: torch.device, dist: DistContex
     """
     bm = dict(cfg.budget_model or {})
     other, min_epochs = bm["model"], float(bm["min_epochs"])
-    if device.type != "cpu" or dist.enabled or cfg.precision not in (None, "", "auto") or not probe_enabled():
+    if dist.enabled or not probe_applies(cfg.precision, device):
         log.info("training %s: the %s recipe trains %s instead when the time budget buys %.3g epochs of it, as "
                  "measured by the precision probe on a CPU, which this run does not run", cfg.model, cfg.recipe,
                  other, min_epochs)
         return
     n_train = len(data.train_labels) - cfg.val_split
     batch = int(bm.get("batch_size", cfg.batch_size))
-    if cfg.adapt_batch:
-        batch = adapted_batch(batch, cfg.lr, n_train)[0]
-    d = decide(other, cfg.model_kwargs, batch, max(cfg.progressive_sizes or [data.image_size]),
+    d = decide(other, cfg.model_kwargs, adapted_batch(batch, cfg.lr, n_train)[0] if cfg.adapt_batch else batch,
+               _probe_size(cfg, data),
                num_classes=data.num_classes, in_channels=int(data.train_images.shape[1]), device=device)
     rate = measured_rate(d)
     epochs = cfg.time_budget * rate / max(1, n_train)
@@ -239,13 +243,11 @@ def _network_for_budget(cfg: TrainConfig, device: torch.device, dist: DistContex
         log.info("training %s: %.0f s buy about %.1f epochs of %s here (%.0f img/s measured), fewer than the %.3g "
                  "at which it is the better choice", cfg.model, cfg.time_budget, epochs, other, rate, min_epochs)
         return
-    changes = [f"batch {int(bm.get('batch_size', cfg.batch_size))}"] + (
-        [f"Muon lr {bm['muon_lr']:.4g}"] if "muon_lr" in bm else [])
+    changes = [f"batch {batch}"] + ([f"Muon lr {bm['muon_lr']:.4g}"] if "muon_lr" in bm else [])
     log.info("training %s (%s) instead of %s: %.0f s buy about %.1f epochs of it here (%.0f img/s measured), at "
              "least the %.3g at which it is the better choice (--model %s keeps the smaller network)", other,
              ", ".join(changes), cfg.model, cfg.time_budget, epochs, rate, min_epochs, cfg.model)
-    cfg.model = other
-    cfg.batch_size = int(bm.get("batch_size", cfg.batch_size))
+    cfg.model, cfg.batch_size = other, batch
     cfg.muon_lr = float(bm.get("muon_lr", cfg.muon_lr))
 
 
@@ -295,7 +297,7 @@ def _precision_layout(cfg: TrainConfig, device: torch.device, dist: DistContext,
     if dist.is_main:
         choice = resolve_precision_layout(
             cfg.precision, cfg.channels_last, device, model_name=cfg.model, model_kwargs=cfg.model_kwargs,
-            batch_size=per_rank, image_size=max(cfg.progressive_sizes or [data.image_size]),
+            batch_size=per_rank, image_size=_probe_size(cfg, data),
             num_classes=data.num_classes, in_channels=int(data.train_images.shape[1]))
     return tuple(dist.broadcast_object(choice))  # type: ignore[return-value]
 
