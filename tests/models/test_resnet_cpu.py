@@ -64,6 +64,21 @@ def test_stem_stride_1_keeps_the_first_stage_at_full_resolution():
     assert named.stem[0].stride == (1, 1) and named.stem(x).shape[-1] == 31
 
 
+def test_the_narrow_full_resolution_net_halves_only_the_first_stage():
+    def madds(m: torch.nn.Module) -> float:
+        with FlopCounterMode(display=False) as f:
+            m(torch.randn(1, 3, 32, 32))
+        return f.get_total_flops() / 2
+
+    full, narrow = create_model("resnet_cpu_fullres"), create_model("resnet_cpu_fullres_narrow")
+    assert narrow.stem[0].stride == (1, 1) and narrow.stem(torch.randn(1, 3, 32, 32)).shape[-1] == 31
+    assert [s[0][0].out_channels for s in narrow.layers] == [32, 128, 256]
+    # 24->32 and 32->128 convs (3x3) instead of 24->64 and 64->128, and a 32-channel BatchNorm instead of 64
+    assert sum(p.numel() for p in narrow.parameters()) == 681_680 - 24 * 32 * 9 - 32 * 128 * 9 - 64 == 637_840
+    # half the multiply-adds of the first two convolutions: 0.75x those of the full-width network
+    assert 43.5e6 < madds(narrow) < 44.5e6 and 58.5e6 < madds(full) < 59.5e6
+
+
 def test_bad_options_are_user_errors():
     from resnetkit.errors import UserError
 
