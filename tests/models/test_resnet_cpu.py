@@ -79,6 +79,22 @@ def test_the_narrow_full_resolution_net_halves_only_the_first_stage():
     assert 43.5e6 < madds(narrow) < 44.5e6 and 58.5e6 < madds(full) < 59.5e6
 
 
+
+def test_the_deep_full_resolution_net_adds_a_residual_pair_after_the_first_and_last_stages():
+    def madds(m: torch.nn.Module) -> float:
+        with FlopCounterMode(display=False) as f:
+            m(torch.randn(1, 3, 32, 32))
+        return f.get_total_flops() / 2
+
+    full, deep = create_model("resnet_cpu_fullres"), create_model("resnet_cpu_fullres_deep")
+    assert deep.stem[0].stride == (1, 1) and deep.stem(torch.randn(1, 3, 32, 32)).shape[-1] == 31
+    assert [type(s[-1]).__name__ for s in deep.layers] == ["ResidualPair"] * 3
+    # two 64-channel and two 256-channel 3x3 convs, each with a BatchNorm (scale and shift)
+    pairs = 2 * (64 * 64 * 9 + 2 * 64) + 2 * (256 * 256 * 9 + 2 * 256)
+    assert sum(p.numel() for p in deep.parameters()) == 681_680 + pairs == 1_936_336
+    # at 15x15 and 3x3: 16.6M + 10.6M multiply-adds on top of the 59.1M
+    assert 85.5e6 < madds(deep) < 87.0e6 and 58.5e6 < madds(full) < 59.5e6
+
 def test_bad_options_are_user_errors():
     from resnetkit.errors import UserError
 
