@@ -92,7 +92,9 @@ def test_a_model_option_the_model_does_not_take_is_refused_by_name():
 
 def test_the_budget_network_is_off_when_the_network_batch_or_muon_lr_is_given():
     recipe = resolve_config(recipe="cpu-fast", data="synthetic:8")
-    assert recipe.budget_model == {"model": "resnet_cpu_fullres", "batch_size": 256, "muon_lr": 0.1, "min_epochs": 3.0}
+    assert recipe.budget_model == [
+        {"model": "resnet_cpu_fullres_deep", "batch_size": 256, "muon_lr": 0.1, "min_epochs": 4.5},
+        {"model": "resnet_cpu_fullres_narrow", "batch_size": 256, "muon_lr": 0.1, "min_epochs": 2.5}]
     for given in ({"model": "resnet_cpu"}, {"batch_size": 128}, {"muon_lr": 0.3}):
         assert resolve_config(recipe="cpu-fast", data="synthetic:8", **given).budget_model is None
     # the activation (a model option) keeps it: the option applies to either network
@@ -102,11 +104,19 @@ def test_the_budget_network_is_off_when_the_network_batch_or_muon_lr_is_given():
 
     with pytest.raises(UserError, match="budget_model"):
         resolve_config(recipe="cpu-fast", data="synthetic:8", budget_model={"model": "resnet_cpu_fullres"})
+    with pytest.raises(UserError, match="budget_model"):
+        resolve_config(recipe="cpu-fast", data="synthetic:8", budget_model=[recipe.budget_model[0], {"min_epochs": 1}])
+    # one network alone is a list of one
+    one = {"model": "resnet_cpu_fullres", "min_epochs": 3.0}
+    assert resolve_config(recipe="cpu-fast", data="synthetic:8", budget_model=one).budget_model == [one]
 
 
-@pytest.mark.parametrize("epochs_bought, trained", [(2.9, "resnet_cpu"), (3.1, "resnet_cpu_fullres")])
-def test_a_time_budget_trains_the_network_it_buys_enough_epochs_of(tmp_path, monkeypatch, epochs_bought, trained):
-    """The rate the precision probe measures decides: min_epochs (3) of the larger network, or the recipe's."""
+@pytest.mark.parametrize("deep_epochs, narrow_epochs, trained", [
+    (4.4, 2.4, "resnet_cpu"), (4.4, 2.6, "resnet_cpu_fullres_narrow"), (4.6, 8.0, "resnet_cpu_fullres_deep")])
+def test_a_time_budget_trains_the_largest_network_it_buys_enough_epochs_of(tmp_path, monkeypatch, deep_epochs,
+                                                                             narrow_epochs, trained):
+    """The rates the precision probe measures decide: 4.5 epochs of the deep network, else 2.5 of the narrow one,
+    else the recipe's own network."""
     import json
 
     from resnetkit import api
@@ -117,10 +127,11 @@ def test_a_time_budget_trains_the_network_it_buys_enough_epochs_of(tmp_path, mon
     n_train = len(prepare_data("synthetic:256").train_labels)
     budget = 2.0
     asked = []
+    epochs = {"resnet_cpu_fullres_deep": deep_epochs, "resnet_cpu_fullres_narrow": narrow_epochs}
 
     def fake_decide(model_name, model_kwargs, batch_size, image_size, **kw):
         asked.append((model_name, batch_size))
-        rate = epochs_bought * n_train / budget if model_name == "resnet_cpu_fullres" else 1e6
+        rate = epochs[model_name] * n_train / budget if model_name in epochs else 1e6
         return probe.ProbeDecision("fp32", False, [probe.ProbeRow("fp32", False, rate / 2, images_per_s=rate),
                                                    probe.ProbeRow("bf16", False, 1.0, dropped=True)])
 
@@ -131,10 +142,14 @@ def test_a_time_budget_trains_the_network_it_buys_enough_epochs_of(tmp_path, mon
     api.train(data="synthetic:256", recipe="cpu-fast", time_budget=budget, max_steps=1, out=out, report=False)
     cfg = json.loads((out / "config.json").read_text())["config"]
     assert (cfg["model"], cfg["budget_model"]) == (trained, None)
-    # the larger network's batch (256, capped to the small training set) and Muon lr (scaled with it)
+    # the larger networks' batch (256, capped to the small training set) and Muon lr (scaled with it), largest first,
+    # each asked only while none was chosen
     small = 1 << ((n_train // 16).bit_length() - 1)
-    assert asked[0] == ("resnet_cpu_fullres", small)
-    if trained == "resnet_cpu_fullres":
+    probed = ["resnet_cpu_fullres_deep"] + (["resnet_cpu_fullres_narrow"] if trained != "resnet_cpu_fullres_deep"
+                                           else [])
+    assert asked[:len(probed)] == [(m, small) for m in probed]
+    assert [m for m, _ in asked[len(probed):]] == [trained]  # then the precision probe of the network trained
+    if trained != "resnet_cpu":
         assert (cfg["batch_size"], cfg["muon_lr"]) == (small, pytest.approx(0.1 * small / 256))
     else:
         assert (cfg["batch_size"], cfg["muon_lr"]) == (small, pytest.approx(0.2 * small / 512))

@@ -85,10 +85,11 @@ class TrainConfig:
     cutmix: float = 0.0  # Beta alpha (0: off), Yun et al. 2019
     mix_prob: float = 1.0
     mix_switch_prob: float = 0.5
-    # with a time budget on a CPU: train budget_model["model"] (at its batch_size and muon_lr) instead when the
-    # budget buys at least budget_model["min_epochs"] of it at the rate the precision probe measures (the
-    # recipe's choice of network; decided once, and off when model, batch_size or muon_lr are given)
-    budget_model: dict[str, Any] | None = None
+    # with a time budget on a CPU: the recipe's choice of network. A list of {"model", "min_epochs", and optionally
+    # "batch_size" and "muon_lr"}, largest network first: the run trains the first one the budget buys at least
+    # min_epochs of at the rate the precision probe measures (at its batch_size and muon_lr), else the recipe's
+    # model (one such dict alone is a list of one; decided once, and off when model, batch_size or muon_lr are given)
+    budget_model: list[dict[str, Any]] | dict[str, Any] | None = None
     # train the network's stem for this many epochs, then freeze it (networks with freeze_stem(): resnet_cpu)
     stem_epochs: int | None = None
 
@@ -162,14 +163,17 @@ _recipe(
     "label smoothing 0.2 (hlb-CIFAR10), 2-pixel reflect-padded crop + alternating flip (Jordan 2024), "
     "flip-and-shift TTA (Jordan 2024), the stem's BatchNorm trained for 2 epochs, then frozen (as airbench94 "
     "trains its whitening bias for 3), precision and layout measured (--precision auto), 10 epochs. With a "
-    "time budget on a CPU that buys 3 epochs of resnet_cpu_fullres (at the rate the precision probe "
-    "measures), that network at batch 256 and Muon lr 0.1 instead (docs/training.md).",
+    "time budget on a CPU, a larger network at batch 256 and Muon lr 0.1 where the budget buys enough epochs of it "
+    "(at the rate the precision probe measures): resnet_cpu_fullres_deep from 4.5 epochs, else "
+    "resnet_cpu_fullres_narrow from 2.5 (docs/training.md).",
     model="resnet_cpu", model_kwargs={"whiten": True, "activation": "gelu"}, epochs=10, batch_size=512, lr=0.8,
     momentum=0.9,
     nesterov=True, optimizer="muon", muon_lr=0.2, muon_momentum=0.6, weight_decay=5e-4, no_decay_1d=True,
     label_smoothing=0.2, schedule="linear", warmup_epochs=0.3, crop_pad=2, crop_fill="reflect", flip="alternating",
     cutout=0, tta="flip-shift", eval_every=0, precision="auto",
-    budget_model={"model": "resnet_cpu_fullres", "batch_size": 256, "muon_lr": 0.1, "min_epochs": 3.0}, stem_epochs=2,
+    budget_model=[{"model": "resnet_cpu_fullres_deep", "batch_size": 256, "muon_lr": 0.1, "min_epochs": 4.5},
+                  {"model": "resnet_cpu_fullres_narrow", "batch_size": 256, "muon_lr": 0.1, "min_epochs": 2.5}],
+    stem_epochs=2,
 )
 
 
@@ -330,10 +334,11 @@ def validate(cfg: TrainConfig) -> None:
         if not freezable:
             raise UserError(f"<<stem_epochs>> freezes the stem of a resnet_cpu network; {cfg.model} has no stem to "
                             f"freeze, so drop it")
-    if cfg.budget_model is not None:
-        bm = cfg.budget_model
+    if isinstance(cfg.budget_model, dict):
+        cfg.budget_model = [cfg.budget_model]
+    for bm in cfg.budget_model or []:
         if not isinstance(bm, dict) or "model" not in bm or not bm.get("min_epochs", 0) > 0 or set(bm) - {
                 "model", "batch_size", "muon_lr", "min_epochs"}:
             raise UserError(f"<<budget_model>> takes a model name, a positive min_epochs and optionally a batch_size "
-                            f"and a muon_lr, got {bm!r}")
+                            f"and a muon_lr (or a list of such, largest network first), got {bm!r}")
         model_info(bm["model"])

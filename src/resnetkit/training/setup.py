@@ -218,37 +218,41 @@ def _probe_size(cfg: TrainConfig, data: ImageData) -> int:
 
 
 def _network_for_budget(cfg: TrainConfig, device: torch.device, dist: DistContext, data: ImageData) -> None:
-    """The recipe's ``budget_model`` instead of its model when the time budget buys ``min_epochs`` of it.
+    """The first of the recipe's ``budget_model`` networks the time budget buys ``min_epochs`` of, instead of its model.
 
-    The epochs are the budget times the training rate the precision probe measures for that network
-    and batch on this CPU (cached per machine, as the precision decision), over the training images.
-    Where nothing is timed (a GPU, several processes, a fixed precision, the probe switched off) the
-    recipe's model stays.
+    The candidates come largest first; the epochs are the budget times the training rate the precision
+    probe measures for that network and batch on this CPU (cached per machine, as the precision
+    decision), over the training images. Where nothing is timed (a GPU, several processes, a fixed
+    precision, the probe switched off) or the budget buys too few epochs of every one, the recipe's
+    model stays.
     """
-    bm = dict(cfg.budget_model or {})
-    other, min_epochs = bm["model"], float(bm["min_epochs"])
+    candidates = list(cfg.budget_model or [])
     if dist.enabled or not probe_applies(cfg.precision, device):
-        log.info("training %s: the %s recipe trains %s instead when the time budget buys %.3g epochs of it, as "
-                 "measured by the precision probe on a CPU, which this run does not run", cfg.model, cfg.recipe,
-                 other, min_epochs)
+        log.info("training %s: with a time budget the %s recipe trains %s instead when the budget buys enough epochs "
+                 "of it, as measured by the precision probe on a CPU, which this run does not run", cfg.model,
+                 cfg.recipe, " or ".join(bm["model"] for bm in candidates))
         return
     n_train = len(data.train_labels) - cfg.val_split
-    batch = int(bm.get("batch_size", cfg.batch_size))
-    d = decide(other, cfg.model_kwargs, adapted_batch(batch, cfg.lr, n_train)[0] if cfg.adapt_batch else batch,
-               _probe_size(cfg, data),
-               num_classes=data.num_classes, in_channels=int(data.train_images.shape[1]), device=device)
-    rate = measured_rate(d)
-    epochs = cfg.time_budget * rate / max(1, n_train)
-    if epochs < min_epochs:
-        log.info("training %s: %.0f s buy about %.1f epochs of %s here (%.0f img/s measured), fewer than the %.3g "
-                 "at which it is the better choice", cfg.model, cfg.time_budget, epochs, other, rate, min_epochs)
+    for bm in candidates:
+        other, min_epochs = bm["model"], float(bm["min_epochs"])
+        batch = int(bm.get("batch_size", cfg.batch_size))
+        d = decide(other, cfg.model_kwargs, adapted_batch(batch, cfg.lr, n_train)[0] if cfg.adapt_batch else batch,
+                   _probe_size(cfg, data),
+                   num_classes=data.num_classes, in_channels=int(data.train_images.shape[1]), device=device)
+        rate = measured_rate(d)
+        epochs = cfg.time_budget * rate / max(1, n_train)
+        if epochs < min_epochs:
+            log.info("not training %s: %.0f s buy about %.1f epochs of it here (%.0f img/s measured), fewer than the "
+                     "%.3g at which it is the better choice", other, cfg.time_budget, epochs, rate, min_epochs)
+            continue
+        changes = [f"batch {batch}"] + ([f"Muon lr {bm['muon_lr']:.4g}"] if "muon_lr" in bm else [])
+        log.info("training %s (%s) instead of %s: %.0f s buy about %.1f epochs of it here (%.0f img/s measured), at "
+                 "least the %.3g at which it is the better choice (--model NAME keeps the network you name)", other,
+                 ", ".join(changes), cfg.model, cfg.time_budget, epochs, rate, min_epochs)
+        cfg.model, cfg.batch_size = other, batch
+        cfg.muon_lr = float(bm.get("muon_lr", cfg.muon_lr))
         return
-    changes = [f"batch {batch}"] + ([f"Muon lr {bm['muon_lr']:.4g}"] if "muon_lr" in bm else [])
-    log.info("training %s (%s) instead of %s: %.0f s buy about %.1f epochs of it here (%.0f img/s measured), at "
-             "least the %.3g at which it is the better choice (--model %s keeps the smaller network)", other,
-             ", ".join(changes), cfg.model, cfg.time_budget, epochs, rate, min_epochs, cfg.model)
-    cfg.model, cfg.batch_size = other, batch
-    cfg.muon_lr = float(bm.get("muon_lr", cfg.muon_lr))
+    log.info("training %s: the time budget buys too few epochs of the larger networks", cfg.model)
 
 
 def _check_image_size(cfg: TrainConfig, data: ImageData) -> None:
