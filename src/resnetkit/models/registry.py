@@ -168,7 +168,7 @@ register("resnet_cpu_fullres", "resnet-cpu", _CIFAR, builder=ResNetCPU, num_clas
 # which at a time budget of a few epochs is worth more than the width (docs/speed-cpu.md).
 register("resnet_cpu_fullres_narrow", "resnet-cpu", _CIFAR, builder=ResNetCPU, num_classes=10, stem_stride=1,
          widths=(32, 128, 256))
-# ... with a residual pair after every stage (a third more multiply-adds, half the images per second of the narrow
-# one): the better network where a time budget buys about 5 or more epochs of it (docs/speed-cpu.md).
+# ... with a residual pair after every stage (86M multiply-adds per image against 59M, about half the images per
+# second of the narrow one): the better network where a time budget buys 4.5 or more epochs of it (docs/speed-cpu.md).
 register("resnet_cpu_fullres_deep", "resnet-cpu", _CIFAR, builder=ResNetCPU, num_classes=10, stem_stride=1,
          residual=(True, True, True))

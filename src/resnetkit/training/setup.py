@@ -233,6 +233,7 @@ def _network_for_budget(cfg: TrainConfig, device: torch.device, dist: DistContex
                  cfg.recipe, " or ".join(bm["model"] for bm in candidates))
         return
     n_train = len(data.train_labels) - cfg.val_split
+    own = cfg.model
     for bm in candidates:
         other, min_epochs = bm["model"], float(bm["min_epochs"])
         batch = int(bm.get("batch_size", cfg.batch_size))
@@ -247,8 +248,8 @@ def _network_for_budget(cfg: TrainConfig, device: torch.device, dist: DistContex
             continue
         changes = [f"batch {batch}"] + ([f"Muon lr {bm['muon_lr']:.4g}"] if "muon_lr" in bm else [])
         log.info("training %s (%s) instead of %s: %.0f s buy about %.1f epochs of it here (%.0f img/s measured), at "
-                 "least the %.3g at which it is the better choice (--model NAME keeps the network you name)", other,
-                 ", ".join(changes), cfg.model, cfg.time_budget, epochs, rate, min_epochs)
+                 "least the %.3g at which it is the better choice (--model %s keeps the recipe's own network)", other,
+                 ", ".join(changes), own, cfg.time_budget, epochs, rate, min_epochs, own)
         cfg.model, cfg.batch_size = other, batch
         cfg.muon_lr = float(bm.get("muon_lr", cfg.muon_lr))
         return
