@@ -19,13 +19,15 @@ def test_registered_with_parameter_count():
     assert sum(p.numel() for p in create_model("resnet_cpu", num_classes=100).parameters()) == 681_680 + 256 * 90
 
 
-def test_multiply_adds_are_well_below_resnet20():
-    def madds(name: str) -> float:
-        with FlopCounterMode(display=False) as f:
-            create_model(name)(torch.randn(1, 3, 32, 32))
-        return f.get_total_flops() / 2
+def _madds(name: str) -> float:
+    """Multiply-adds of one 32x32 image through the registered network ``name``."""
+    with FlopCounterMode(display=False) as f:
+        create_model(name)(torch.randn(1, 3, 32, 32))
+    return f.get_total_flops() / 2
 
-    cpu, r20 = madds("resnet_cpu"), madds("resnet20")
+
+def test_multiply_adds_are_well_below_resnet20():
+    cpu, r20 = _madds("resnet_cpu"), _madds("resnet20")
     assert 17.5e6 < cpu < 18.1e6 and cpu < 0.45 * r20
 
 
@@ -65,35 +67,25 @@ def test_stem_stride_1_keeps_the_first_stage_at_full_resolution():
 
 
 def test_the_narrow_full_resolution_net_halves_only_the_first_stage():
-    def madds(m: torch.nn.Module) -> float:
-        with FlopCounterMode(display=False) as f:
-            m(torch.randn(1, 3, 32, 32))
-        return f.get_total_flops() / 2
-
-    full, narrow = create_model("resnet_cpu_fullres"), create_model("resnet_cpu_fullres_narrow")
+    narrow = create_model("resnet_cpu_fullres_narrow")
     assert narrow.stem[0].stride == (1, 1) and narrow.stem(torch.randn(1, 3, 32, 32)).shape[-1] == 31
     assert [s[0][0].out_channels for s in narrow.layers] == [32, 128, 256]
     # 24->32 and 32->128 convs (3x3) instead of 24->64 and 64->128, and a 32-channel BatchNorm instead of 64
     assert sum(p.numel() for p in narrow.parameters()) == 681_680 - 24 * 32 * 9 - 32 * 128 * 9 - 64 == 637_840
     # half the multiply-adds of the first two convolutions: 0.75x those of the full-width network
-    assert 43.5e6 < madds(narrow) < 44.5e6 and 58.5e6 < madds(full) < 59.5e6
+    assert 43.5e6 < _madds("resnet_cpu_fullres_narrow") < 44.5e6 and 58.5e6 < _madds("resnet_cpu_fullres") < 59.5e6
 
 
 
 def test_the_deep_full_resolution_net_adds_a_residual_pair_after_the_first_and_last_stages():
-    def madds(m: torch.nn.Module) -> float:
-        with FlopCounterMode(display=False) as f:
-            m(torch.randn(1, 3, 32, 32))
-        return f.get_total_flops() / 2
-
-    full, deep = create_model("resnet_cpu_fullres"), create_model("resnet_cpu_fullres_deep")
+    deep = create_model("resnet_cpu_fullres_deep")
     assert deep.stem[0].stride == (1, 1) and deep.stem(torch.randn(1, 3, 32, 32)).shape[-1] == 31
     assert [type(s[-1]).__name__ for s in deep.layers] == ["ResidualPair"] * 3
     # two 64-channel and two 256-channel 3x3 convs, each with a BatchNorm (scale and shift)
     pairs = 2 * (64 * 64 * 9 + 2 * 64) + 2 * (256 * 256 * 9 + 2 * 256)
     assert sum(p.numel() for p in deep.parameters()) == 681_680 + pairs == 1_936_336
     # at 15x15 and 3x3: 16.6M + 10.6M multiply-adds on top of the 59.1M
-    assert 85.5e6 < madds(deep) < 87.0e6 and 58.5e6 < madds(full) < 59.5e6
+    assert 85.5e6 < _madds("resnet_cpu_fullres_deep") < 87.0e6
 
 def test_bad_options_are_user_errors():
     from resnetkit.errors import UserError
