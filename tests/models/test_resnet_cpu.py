@@ -76,7 +76,6 @@ def test_the_narrow_full_resolution_net_halves_only_the_first_stage():
     assert 43.5e6 < _madds("resnet_cpu_fullres_narrow") < 44.5e6 and 58.5e6 < _madds("resnet_cpu_fullres") < 59.5e6
 
 
-
 def test_the_deep_full_resolution_net_adds_a_residual_pair_after_the_first_and_last_stages():
     deep = create_model("resnet_cpu_fullres_deep")
     assert deep.stem[0].stride == (1, 1) and deep.stem(torch.randn(1, 3, 32, 32)).shape[-1] == 31
@@ -86,6 +85,7 @@ def test_the_deep_full_resolution_net_adds_a_residual_pair_after_the_first_and_l
     assert sum(p.numel() for p in deep.parameters()) == 681_680 + pairs == 1_936_336
     # at 15x15 and 3x3: 16.6M + 10.6M multiply-adds on top of the 59.1M
     assert 85.5e6 < _madds("resnet_cpu_fullres_deep") < 87.0e6
+
 
 def test_bad_options_are_user_errors():
     from resnetkit.errors import UserError
