@@ -29,7 +29,7 @@ from .data.loader import DeviceLoader
 from .data.prepare import prepare_data
 from .errors import UserError
 from .models import create_model
-from .runtime.device import autocast, resolve_device, synchronize
+from .runtime.device import autocast, keep_freed_memory, resolve_device, synchronize
 from .runtime.loaders import batch_dtype
 from .runtime.probe import cpu_isa, cpu_label, cpu_model_and_flags, resolve_precision_layout
 from .training.config import resolve_config
@@ -115,6 +115,8 @@ def throughput(model_name: str, data: ImageData, *, device: str = "auto", precis
                model_kwargs: dict | None = None) -> list[Throughput]:
     """Measure (a) resnetkit, (b) the tutorial pipeline, (c) the ceiling, in this order."""
     dev = resolve_device(device)
+    if dev.type == "cpu":
+        keep_freed_memory()  # as training runs
     prec, cl = resolve_precision_layout(precision, channels_last, dev, model_name=model_name, model_kwargs=model_kwargs or {},
                                         batch_size=batch_size, image_size=data.image_size,
                                         num_classes=data.num_classes, in_channels=int(data.train_images.shape[1]))

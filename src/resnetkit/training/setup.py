@@ -24,6 +24,7 @@ from ..data.prepare import prepare_data
 from ..errors import UserError
 from ..models import create_model
 from ..runtime.device import (
+    keep_freed_memory,
     resolve_device,
     rng_state,
     seed_everything,
@@ -109,6 +110,8 @@ def _split(data: ImageData, n_val: int, seed: int):
 def build(cfg: TrainConfig, ckpt: dict | None, dist: DistContext, data: ImageData | None,
           progress: bool = False) -> Setup:
     device = resolve_device(cfg.device)
+    if device.type == "cpu":
+        keep_freed_memory()
     seed_everything(cfg.seed)
     set_deterministic(cfg.deterministic, device)
     if device.type == "cuda" and not cfg.deterministic:
