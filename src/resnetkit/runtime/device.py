@@ -96,10 +96,10 @@ def keep_freed_memory() -> bool:
 
     By default glibc serves every block over 32 MiB with a fresh ``mmap`` and unmaps it when freed, so a
     training step that frees and reallocates its large activations page-faults on all of them again:
-    about 5,000 page faults per step of ``resnet_cpu_fullres_deep`` (batch 256, bf16). Serving them from
-    the heap and trimming it only past 1 GiB of free space removed the faults and sped the step up by
-    3-5% on a 2-core Xeon with AMX (what the Intel PyTorch tuning guide gets from jemalloc/tcmalloc;
-    docs/speed-cpu.md). Peak memory stays the same: the blocks are reused, not added.
+    5,000-13,000 page faults per step of ``resnet_cpu_fullres_deep`` (batch 256, bf16). Serving them from
+    the heap and trimming it only past 1 GiB of free space removed the faults and sped the step up
+    1.11x on a 2-core Xeon with AMX (``bench/cpu_kernels.py``; what the Intel PyTorch tuning guide
+    gets from jemalloc/tcmalloc; docs/speed-cpu.md). Peak memory stays the same: the blocks are reused, not added.
     ``RESNETKIT_MALLOC_TUNING=0`` leaves the allocator as it is. True if the settings were applied.
     """
     if os.environ.get("RESNETKIT_MALLOC_TUNING", "1") == "0":
