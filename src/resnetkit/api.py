@@ -38,7 +38,7 @@ from .predict import Prediction, draw_grid, expand_inputs, predict, predict_path
 from .reporting import evaluation_extras, format_class_table, load_run, render_report
 from .reporting.extras import hardware
 from .runtime.cpuinfo import CpuFacts, collect
-from .runtime.device import resolve_device, resolve_precision
+from .runtime.device import resolve_channels_last, resolve_device, resolve_precision
 from .runtime.inference import TTA_MODES, tta_mode
 from .runtime.inference import evaluate as evaluate_loader
 from .runtime.loaders import eval_loader
@@ -265,10 +265,13 @@ def evaluate(checkpoint: str | Path, data: str | None = None, *, tta: bool | str
         raise UserError(f"the classes of {source} differ from the checkpoint's "
                         f"({_class_difference(ds.classes, model.classes)})")
     prec = resolve_precision(precision, dev)
+    # the layout training evaluates in: on an AMX Xeon a bf16 TTA evaluation of CIFAR-10 ran 2x faster so
+    channels_last = resolve_channels_last(None, dev, prec)
+    model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     if out is not None:
         _make_eval_out(out)
     loader = eval_loader(ds.test_images, ds.test_labels, device=dev, precision=prec, mean=model.mean,
-                         std=model.std, batch_size=batch_size)
+                         std=model.std, batch_size=batch_size, channels_last=channels_last)
     kept: list[torch.Tensor] = []
     metrics = evaluate_loader(model, loader, len(model.classes), device=dev, precision=prec, tta=tta,
                               keep_logits=kept)
