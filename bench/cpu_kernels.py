@@ -35,7 +35,7 @@ def _child(model: str, small: str, batch: int, steps: int) -> dict:
     from resnetkit.models import create_model
     from resnetkit.runtime.device import keep_freed_memory
 
-    keep_freed_memory()  # a no-op under RESNETKIT_MALLOC_TUNING=0
+    keep_freed_memory(torch.device("cpu"))  # a no-op under RESNETKIT_MALLOC_TUNING=0
     if small == "conv":
         small_conv.SMALL_MAP_PIXELS = 0
     torch.manual_seed(0)

@@ -115,8 +115,7 @@ def throughput(model_name: str, data: ImageData, *, device: str = "auto", precis
                model_kwargs: dict | None = None) -> list[Throughput]:
     """Measure (a) resnetkit, (b) the tutorial pipeline, (c) the ceiling, in this order."""
     dev = resolve_device(device)
-    if dev.type == "cpu":
-        keep_freed_memory()  # as training runs
+    keep_freed_memory(dev)  # as training runs
     prec, cl = resolve_precision_layout(precision, channels_last, dev, model_name=model_name, model_kwargs=model_kwargs or {},
                                         batch_size=batch_size, image_size=data.image_size,
                                         num_classes=data.num_classes, in_channels=int(data.train_images.shape[1]))

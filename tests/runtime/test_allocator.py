@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux") or ctypes.u
 _CHILD = """
 import json, resource, torch
 from resnetkit.runtime.device import keep_freed_memory
-applied = keep_freed_memory()
+applied = keep_freed_memory(torch.device("cpu"))
 torch.empty(16 << 20).fill_(1)  # 64 MiB: over glibc's mmap threshold
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(10):

@@ -63,15 +63,15 @@ class Conv3x3(nn.Conv2d):
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__(in_channels, out_channels, 3, padding=1, bias=False)
 
-    def _gemm_pays(self, x: torch.Tensor) -> bool:
+    def _gemm_pays(self, x: torch.Tensor, dtype: torch.dtype) -> bool:
         return (x.device.type == "cpu" and x.dim() == 4 and x.shape[-2] * x.shape[-1] <= SMALL_MAP_PIXELS
-                and self.weight.requires_grad and torch.is_grad_enabled() and _compute_dtype(x) == torch.bfloat16
+                and dtype == torch.bfloat16 and self.weight.requires_grad and torch.is_grad_enabled()
                 and not torch.jit.is_tracing() and not torch.jit.is_scripting()
                 and not torch.compiler.is_compiling())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self._gemm_pays(x):
-            return super().forward(x)
         dtype = _compute_dtype(x)
+        if not self._gemm_pays(x, dtype):
+            return super().forward(x)
         with torch.autocast("cpu", enabled=False):  # the casts autocast would make, made here
             return _SmallMapConv.apply(x.to(dtype), self.weight.to(dtype))

@@ -90,9 +90,8 @@ def cpu_description() -> dict[str, object]:
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 
 
-@functools.lru_cache(maxsize=1)
-def keep_freed_memory() -> bool:
-    """Let glibc keep freed blocks for reuse instead of returning them to the kernel (Linux; once per process).
+def keep_freed_memory(device: torch.device) -> bool:
+    """On a CPU ``device``, let glibc keep freed blocks for reuse instead of returning them to the kernel.
 
     By default glibc serves every block over 32 MiB with a fresh ``mmap`` and unmaps it when freed, so a
     training step that frees and reallocates its large activations page-faults on all of them again:
@@ -100,10 +99,14 @@ def keep_freed_memory() -> bool:
     the heap and trimming it only past 1 GiB of free space removed the faults and sped the step up
     1.11x on a 2-core Xeon with AMX (``bench/cpu_kernels.py``; what the Intel PyTorch tuning guide
     gets from jemalloc/tcmalloc; docs/speed-cpu.md). Peak memory stays the same: the blocks are reused, not added.
-    ``RESNETKIT_MALLOC_TUNING=0`` leaves the allocator as it is. True if the settings were applied.
+    ``RESNETKIT_MALLOC_TUNING=0`` leaves the allocator as it is. True if the settings are applied
+    (once per process; a no-op on CUDA devices and without glibc).
     """
-    if os.environ.get("RESNETKIT_MALLOC_TUNING", "1") == "0":
-        return False
+    return device.type == "cpu" and os.environ.get("RESNETKIT_MALLOC_TUNING", "1") != "0" and _tune_glibc_malloc()
+
+
+@functools.lru_cache(maxsize=1)
+def _tune_glibc_malloc() -> bool:
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name) if name else None

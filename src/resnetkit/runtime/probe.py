@@ -134,8 +134,7 @@ def real_step_timer(model_name: str, model_kwargs: dict, num_classes: int, in_ch
     """A :data:`StepTimer` that trains the real model (fresh copy per candidate) on random data."""
     from ..models import create_model
 
-    if device.type == "cpu":
-        keep_freed_memory()  # as training runs
+    keep_freed_memory(device)  # as training runs
 
     def time_steps(precision: str, channels_last: bool, batch: int, steps: int) -> float:
         # the run's own RNG streams (already seeded) must not depend on whether the probe ran

@@ -110,8 +110,7 @@ def _split(data: ImageData, n_val: int, seed: int):
 def build(cfg: TrainConfig, ckpt: dict | None, dist: DistContext, data: ImageData | None,
           progress: bool = False) -> Setup:
     device = resolve_device(cfg.device)
-    if device.type == "cpu":
-        keep_freed_memory()
+    keep_freed_memory(device)
     seed_everything(cfg.seed)
     set_deterministic(cfg.deterministic, device)
     if device.type == "cuda" and not cfg.deterministic:
