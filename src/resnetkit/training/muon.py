@@ -47,9 +47,10 @@ def orthogonalize(m: torch.Tensor, steps: int = 5, dtype: torch.dtype = torch.fl
     wide = x.size(0) <= x.size(1)
     if not wide:
         x = x.T  # iterate on the smaller Gram matrix
-    for _ in range(steps):
+    for _ in range(steps):  # x <- a x + (b G + c G^2) x with G = x x^T; the sums ride in the products
         gram = x @ x.T
-        x = a * x + (b * gram + c * gram @ gram) @ x
+        poly = torch.addmm(gram, gram, gram, beta=b, alpha=c)
+        x = torch.addmm(x, poly, x, beta=a)
     return x if wide else x.T
 
 
