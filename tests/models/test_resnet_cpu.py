@@ -128,3 +128,31 @@ def test_a_frozen_stem_gets_no_gradient_and_the_first_stage_still_learns(whiten)
     assert all(p.grad is None and not p.requires_grad for p in model.stem.parameters())
     first = model.layers[0][0][0].weight
     assert first.grad is not None and first.grad.abs().sum() > 0
+
+
+def test_a_frozen_stem_trains_as_one_convolution_normalised_by_its_running_statistics():
+    torch.manual_seed(0)
+    model = ResNetCPU(whiten=True, stem_stride=1)
+    model.init_from_data(torch.randn(64, 3, 32, 32))
+    model.train()
+    model(torch.randn(8, 3, 32, 32) * 2 + 1)  # running statistics away from 0 and 1
+    bn = model.stem[1]
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5), bn.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(8, 3, 32, 32)
+    assert model._frozen_stem(x) is None  # the BatchNorm still trains: batch statistics, the module as it is
+    model.freeze_stem()
+    stats = bn.running_mean.clone(), bn.running_var.clone(), int(bn.num_batches_tracked)
+    folded = model._frozen_stem(x)
+    model.stem.eval()
+    torch.testing.assert_close(folded, model.stem(x), rtol=1e-4, atol=1e-5)  # = BatchNorm on running statistics
+    model.stem.train()
+    model(x).sum().backward()
+    assert torch.equal(bn.running_mean, stats[0]) and torch.equal(bn.running_var, stats[1])  # frozen means frozen
+    assert int(bn.num_batches_tracked) == stats[2]
+    assert model.layers[0][0][0].weight.grad.abs().sum() > 0
+    model.eval()
+    assert model._frozen_stem(x) is None  # evaluation runs the modules (their hooks see the stem)
+    fresh = ResNetCPU(stem_stride=1)
+    fresh.freeze_stem()  # frozen before any batch: running statistics of 0 and 1 would normalise nothing
+    assert fresh._frozen_stem(x) is None
