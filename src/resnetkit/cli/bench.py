@@ -46,6 +46,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--lr", type=float, help="override the recipe's peak learning rate")
     a.add_argument("--optimizer", choices=["sgd", "muon"], help="override the recipe's optimizer (see 'train --help')")
     a.add_argument("--muon-lr", type=float, help="override the recipe's Muon learning rate")
+    a.add_argument("--bn-recalibration", type=int, metavar="IMAGES", help="override the training images the "
+                   "recipe sets the BatchNorm statistics from after the last step (see 'train --help'; 0: off)")
     a.add_argument("--activation", choices=["relu", "gelu"], help="override the activation of the recipe's resnet_cpu "
                    "network (see 'train --help')")
     a.add_argument("--stem-epochs", type=int, metavar="N", help="override the epochs the recipe trains a resnet_cpu "
@@ -79,7 +81,8 @@ def run_throughput(args: argparse.Namespace) -> int:
 
 def run_tta(args: argparse.Namespace) -> int:
     overrides = {k: getattr(args, k) for k in ("model", "batch_size", "lr", "optimizer", "muon_lr", "device",
-                                               "precision", "compile", "max_steps", "stem_epochs") if getattr(args, k) is not None}
+                                               "precision", "compile", "max_steps", "stem_epochs", "bn_recalibration")
+                 if getattr(args, k) is not None}
     if args.activation is not None:  # merged over the recipe's model options (whitening kept)
         overrides["model_kwargs"] = {"activation": args.activation}
     res = api.bench_time_to_accuracy(args.recipe, args.data, list(range(args.seeds)), args.out, epochs=args.epochs,

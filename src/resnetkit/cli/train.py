@@ -164,6 +164,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     h.add_argument("--stem-epochs", type=int, metavar="N",
                    help="train a resnet_cpu network's stem for N epochs, then freeze it so the backward pass skips it "
                         "(cpu-fast: 2; a number past the run's end never freezes it)")
+    h.add_argument("--bn-recalibration", type=int, metavar="IMAGES",
+                   help="after the last step, set the BatchNorm statistics from this many training images averaged "
+                        "equally, instead of the running average of the last batches (precise BatchNorm; inside a "
+                        "time budget; cpu-fast: 10240; 0: off)")
     h.add_argument("--crop-pad", type=int, help="random-crop padding in pixels (0: no crop)")
     h.add_argument("--crop-fill", choices=["zero", "reflect"], help="how the crop padding is filled")
     h.add_argument("--flip", choices=["random", "alternating", "none"], help="horizontal flip augmentation")

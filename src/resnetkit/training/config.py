@@ -92,6 +92,9 @@ class TrainConfig:
     budget_model: list[dict[str, Any]] | dict[str, Any] | None = None
     # train the network's stem for this many epochs, then freeze it (networks with freeze_stem(): resnet_cpu)
     stem_epochs: int | None = None
+    # after the last step, set the BatchNorm running statistics from this many training images, un-augmented, in
+    # train-mode batches averaged equally (precise BatchNorm; 0: off); inside the time budget
+    bn_recalibration: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -162,7 +165,9 @@ _recipe(
     "learning rates chosen by measurement: docs/speed-cpu.md), weight decay 5e-4 except BatchNorm/bias, "
     "label smoothing 0.2 (hlb-CIFAR10), 2-pixel reflect-padded crop + alternating flip (Jordan 2024), "
     "flip-and-shift TTA (Jordan 2024), the stem's BatchNorm trained for 2 epochs, then frozen (as airbench94 "
-    "trains its whitening bias for 3), precision and layout measured (--precision auto), 10 epochs. With a "
+    "trains its whitening bias for 3), after the last step the BatchNorm statistics set from 10,240 training images "
+    "averaged equally (precise BatchNorm, Wu and Johnson 2021), precision and layout measured (--precision auto), "
+    "10 epochs. With a "
     "time budget on a CPU, a larger network at batch 256 and Muon lr 0.1 where the budget buys enough epochs of it "
     "(at the rate the precision probe measures): resnet_cpu_fullres_deep from 4.5 epochs, else "
     "resnet_cpu_fullres_narrow from 2.5 (docs/training.md).",
@@ -173,7 +178,7 @@ _recipe(
     cutout=0, tta="flip-shift", eval_every=0, precision="auto",
     budget_model=[{"model": "resnet_cpu_fullres_deep", "batch_size": 256, "muon_lr": 0.1, "min_epochs": 4.5},
                   {"model": "resnet_cpu_fullres_narrow", "batch_size": 256, "muon_lr": 0.1, "min_epochs": 2.5}],
-    stem_epochs=2,
+    stem_epochs=2, bn_recalibration=10240,
 )
 
 
@@ -324,6 +329,9 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError("<<freeze_backbone>> needs <<pretrained>> weights to keep (a random backbone would stay "
                         "random); add <<pretrained>> or drop <<freeze_backbone>>")
     check_model_options(cfg.model, cfg.model_kwargs)
+    if not isinstance(cfg.bn_recalibration, int) or isinstance(cfg.bn_recalibration, bool) or cfg.bn_recalibration < 0:
+        raise UserError(f"<<bn_recalibration>> takes a number of training images (0 or more), got "
+                        f"{cfg.bn_recalibration!r}")
     if cfg.stem_epochs is not None:
         if not isinstance(cfg.stem_epochs, int) or isinstance(cfg.stem_epochs, bool) or cfg.stem_epochs < 0:
             raise UserError(f"<<stem_epochs>> takes a whole number of epochs (0 or more), got {cfg.stem_epochs!r}")

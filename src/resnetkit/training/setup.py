@@ -64,6 +64,7 @@ class Setup:
     warmup_seconds: float = 0.0
     ema: ModelEma | None = None
     mixer: Mixer | None = None
+    recalibration_loader: DeviceLoader | None = None  # cfg.bn_recalibration training images, every rank all of them
 
     def payload(self, state: StepState, history: list[dict], best: dict, epoch_done: bool) -> dict:
         """The checkpoint dict (:func:`resnetkit.checkpoint.build_payload`) of this run at ``state``."""
@@ -205,8 +206,13 @@ def build(cfg: TrainConfig, ckpt: dict | None, dist: DistContext, data: ImageDat
     eval_bs = max(per_rank, 256)
     val_loader = eval_loader(vx, vy, batch_size=eval_bs, precision=precision, **common) if vx is not None else None
     test_loader = eval_loader(data.test_images, data.test_labels, batch_size=eval_bs, precision=precision, **common)
+    recalibration = None
+    if cfg.bn_recalibration:  # a fixed draw of the training split, the same on every rank
+        pick = torch.randperm(len(tx), generator=torch.Generator().manual_seed(cfg.seed + 104729))[:cfg.bn_recalibration]
+        recalibration = eval_loader(tx[pick], ty[pick], batch_size=per_rank, precision=precision,
+                                    **{**common, "rank": 0, "world_size": 1})
     s = Setup(cfg, dist, device, precision, channels_last, data, net, optimizer, train_loader, val_loader,
-              test_loader, mean, std, prep_seconds, ema=ema, mixer=mixer)
+              test_loader, mean, std, prep_seconds, ema=ema, mixer=mixer, recalibration_loader=recalibration)
     if cfg.compile:
         s.warmup_seconds = _warm_up_compiled(s)
     log.info("device %s, precision %s, channels_last %s, %d train / %d test images, %d classes",

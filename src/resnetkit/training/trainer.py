@@ -31,12 +31,20 @@ from ..checkpoint import peek, unwrap
 from ..data.dataset import ImageData
 from ..errors import UserError
 from ..models import model_info
-from ..runtime.device import resolve_device
+from ..runtime.device import resolve_device, synchronize
 from ..runtime.inference import evaluate
 from . import rundir
 from .config import TrainConfig, validate
 from .distributed import DistContext, debug_dump, global_epoch_stats, init_from_env, shutdown
-from .loop import NonFiniteLossError, StepState, check_weights_finite, train_epoch
+from .loop import (
+    RECALIBRATION_SPEEDUP,
+    NonFiniteLossError,
+    StepState,
+    check_weights_finite,
+    keep_frozen_norms_in_eval,
+    recalibrate_batchnorm,
+    train_epoch,
+)
 from .resume import continue_in_out, finished, restarted_by_torchrun, resume_config, spent_seconds
 from .schedule import apply_lr, lr_factor
 from .setup import Setup, build
@@ -253,10 +261,20 @@ class Trainer:
         return self.clock_base + (time.perf_counter() - self.clock_t0 if self.clock_t0 is not None else 0.0)
 
     def budget_progress(self) -> float:
-        """The share of the time budget spent: under DDP rank 0's clock one step ago (the same on
+        """The share of the time budget's steps spent: under DDP rank 0's clock one step ago (the same on
         every rank), else this process's clock now."""
         spent = self.vote.agreed if self.dist.enabled else self.clock()
-        return spent / self.budget if self.budget else 0.0
+        return spent / self.step_budget(spent) if self.budget else 0.0
+
+    def step_budget(self, spent: float) -> float:
+        """The seconds of the budget for training steps: all of it, less the time the BatchNorm
+        recalibration after the last step will take at the training rate so far (``bn_recalibration``)."""
+        assert self.budget is not None
+        steps = self.state.global_step
+        if not self.cfg.bn_recalibration or steps == 0 or spent <= 0:
+            return self.budget
+        rate = steps * self.cfg.batch_size / spent  # training images per second, all processes
+        return self.budget - min(self.cfg.bn_recalibration / (RECALIBRATION_SPEEDUP * rate), 0.1 * self.budget)
 
     def set_lr(self, step: int) -> float:
         progress = self.budget_progress() if self.budget is not None else None
@@ -311,7 +329,7 @@ class Trainer:
         cfg = self.cfg
         save = cfg.checkpoint_every and st.global_step % cfg.checkpoint_every == 0
         stopping = self.vote(self.signal is not None, self.clock() if self.budget is not None else 0.0)
-        if self.budget is not None and self.vote.agreed >= self.budget:
+        if self.budget is not None and self.vote.agreed >= self.step_budget(self.vote.agreed):
             self.budget_spent = True
         halt = stopping or self.budget_spent or st.global_step >= self.total_steps
         halt = halt or (self.stop_at is not None and st.global_step >= self.stop_at)
@@ -362,6 +380,9 @@ class Trainer:
             reduce_loss=self.dist.all_reduce_mean if self.dist.enabled else None,
             mixer=s.mixer, num_classes=s.data.num_classes, after_update=self.after_update,
         )
+        if s.recalibration_loader is not None and self.signal is None and (
+                self.budget_spent or state.global_step >= self.total_steps):
+            self._recalibrate()  # on the clock: part of training
         self.clock_base, self.clock_t0 = self.clock_base + (time.perf_counter() - self.clock_t0), None
         # the epoch's seconds as the budget's clock counted them (its set-up included, and the part
         # before a mid-epoch resume), so the rows add up to the time the budget was spent on
@@ -369,6 +390,21 @@ class Trainer:
         if self.bar is not None:
             self.bar.close()
         return stats
+
+    def _recalibrate(self) -> None:
+        """The BatchNorm statistics from ``bn_recalibration`` training images (:func:`recalibrate_batchnorm`),
+        on every rank, each over the same images with its own copy of the weights (no collectives)."""
+        s = self.setup
+        t0 = time.perf_counter()
+        layers = recalibrate_batchnorm(unwrap(s.model), s.recalibration_loader, device=s.device, precision=s.precision)
+        if s.ema is not None:  # the averaged weights get statistics of their own (their copy stays in eval mode)
+            s.ema.module.train()
+            keep_frozen_norms_in_eval(s.ema.module)
+            recalibrate_batchnorm(s.ema.module, s.recalibration_loader, device=s.device, precision=s.precision)
+            s.ema.module.eval()
+        synchronize(s.device)
+        log.info("BatchNorm statistics of %d layers set from %d training images in %.1f s", layers,
+                 len(s.recalibration_loader.images), time.perf_counter() - t0)
 
     def _end_epoch(self, stats) -> bool:
         """Evaluate, write the epoch's rows and checkpoints; False when training stops here."""
