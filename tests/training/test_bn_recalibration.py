@@ -104,7 +104,7 @@ def test_a_time_budget_keeps_time_for_the_recalibration():
     from resnetkit.training.trainer import Trainer
 
     def budget(images: int, steps: int, spent: float) -> float:
-        run = SimpleNamespace(budget=300.0, cfg=SimpleNamespace(bn_recalibration=images, batch_size=256),
+        run = SimpleNamespace(budget=300.0, recalibration_images=images, cfg=SimpleNamespace(batch_size=256),
                               state=SimpleNamespace(global_step=steps))
         return Trainer.step_budget(run, spent)
 

@@ -231,6 +231,8 @@ class Trainer:
         self.resumed_from = self.state.global_step  # 0 for a new run
         self.steps_per_epoch = len(s.train_loader)
         self.budget = cfg.time_budget
+        # the images the BatchNorm recalibration after the last step runs on (a small training split has fewer)
+        self.recalibration_images = len(s.recalibration_loader.images) if s.recalibration_loader is not None else 0
         if self.budget is None:
             self.total_epochs = int(-(-cfg.epochs // 1))
             self.total_steps = max(1, int(round(cfg.epochs * self.steps_per_epoch)))
@@ -271,10 +273,10 @@ class Trainer:
         recalibration after the last step will take at the training rate so far (``bn_recalibration``)."""
         assert self.budget is not None
         steps = self.state.global_step
-        if not self.cfg.bn_recalibration or steps == 0 or spent <= 0:
+        if not self.recalibration_images or steps == 0 or spent <= 0:
             return self.budget
         rate = steps * self.cfg.batch_size / spent  # training images per second, all processes
-        return self.budget - min(self.cfg.bn_recalibration / (RECALIBRATION_SPEEDUP * rate), 0.1 * self.budget)
+        return self.budget - min(self.recalibration_images / (RECALIBRATION_SPEEDUP * rate), 0.1 * self.budget)
 
     def set_lr(self, step: int) -> float:
         progress = self.budget_progress() if self.budget is not None else None
