@@ -116,9 +116,10 @@ def _ns_separate(m, steps: int = 5):  # noqa: ANN001, ANN202
     return x
 
 
-def _muon_and_stem(batch: int, rounds: int) -> tuple[list[tuple[str, float, float]], list[float], list[float]]:
-    """Newton-Schulz per filter bank of the deep network (separate vs fused products, ms), then whole training
-    steps with Muon, the stem frozen, run as its modules and folded into one convolution (img/s per round)."""
+def _muon_and_stem(batch: int, rounds: int) -> tuple[list[tuple], list[float], list[float]]:
+    """Newton-Schulz per filter bank of the deep network (separate vs fused products: ms, and relative distance from
+    the fp32 iteration's result), then whole training steps with Muon, the stem frozen, run as its modules and
+    folded into one convolution (img/s per round)."""
     import torch
     import torch.nn.functional as F
 
@@ -150,8 +151,11 @@ def _muon_and_stem(batch: int, rounds: int) -> tuple[list[tuple[str, float, floa
     for p in net.parameters():
         if p.ndim == 4 and p.requires_grad:
             m = torch.randn(p.shape[0], p[0].numel())
+            exact = orthogonalize(m, 5, torch.float32)
+            off = [float((f(m).float() - exact).norm() / exact.norm()) for f in
+                   (_ns_separate, lambda m: orthogonalize(m, 5, torch.bfloat16))]
             ns_rows.append((f"{tuple(m.shape)}", ms(lambda m=m: _ns_separate(m)),
-                            ms(lambda m=m: orthogonalize(m, 5, torch.bfloat16))))
+                            ms(lambda m=m: orthogonalize(m, 5, torch.bfloat16)), *off))
     params = [p for p in net.parameters() if p.requires_grad]
     filters = muon_filters(net)
     opt = MuonSGD([{"params": [p for p in params if id(p) in filters], "muon": True, "lr": 0.01, "momentum": 0.6},
@@ -218,9 +222,9 @@ def main() -> int:
         _combos_and_layers(args)
     ns_rows, modules, folded = _muon_and_stem(args.batch_size, max(3, args.rounds))
     print("\nMuon's Newton-Schulz (5 steps, bf16) per filter bank of resnet_cpu_fullres_deep (median ms)")
-    print(f"{'filters as a matrix':<20} {'separate':>9} {'fused':>7} {'ratio':>6}")
-    for name, old_ms, new_ms in ns_rows:
-        print(f"{name:<20} {old_ms:>9.2f} {new_ms:>7.2f} {old_ms / new_ms:>5.2f}x")
+    print(f"{'filters as a matrix':<20} {'separate':>9} {'fused':>7} {'ratio':>6}   off the fp32 result: separate, fused")
+    for name, old_ms, new_ms, old_off, new_off in ns_rows:
+        print(f"{name:<20} {old_ms:>9.2f} {new_ms:>7.2f} {old_ms / new_ms:>5.2f}x   {old_off:.2%}, {new_off:.2%}")
     total_old, total_new = sum(r[1] for r in ns_rows), sum(r[2] for r in ns_rows)
     print(f"{'all':<20} {total_old:>9.2f} {total_new:>7.2f} {total_old / total_new:>5.2f}x")
     m_rate, f_rate = statistics.median(modules), statistics.median(folded)
