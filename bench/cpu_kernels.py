@@ -28,11 +28,22 @@ import time
 _COMBOS = [("default", "conv"), ("kept", "conv"), ("default", "gemm"), ("kept", "gemm")]
 
 
+def _train_step(net, opt, x, y) -> None:  # noqa: ANN001
+    """One bf16-autocast training step as the recipe takes it (label smoothing 0.2)."""
+    import torch
+    import torch.nn.functional as F
+
+    with torch.autocast("cpu", torch.bfloat16):
+        loss = F.cross_entropy(net(x).float(), y, label_smoothing=0.2)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
 def _child(model: str, small: str, batch: int, steps: int) -> dict:
     import resource
 
     import torch
-    import torch.nn.functional as F
 
     import resnetkit.models.small_conv as small_conv
     from resnetkit.models import create_model
@@ -49,11 +60,7 @@ def _child(model: str, small: str, batch: int, steps: int) -> dict:
     y = torch.randint(0, 10, (batch,))
 
     def step() -> None:
-        with torch.autocast("cpu", torch.bfloat16):
-            loss = F.cross_entropy(net(x).float(), y, label_smoothing=0.2)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        _train_step(net, opt, x, y)
 
     for _ in range(3):
         step()
@@ -121,7 +128,6 @@ def _muon_and_stem(batch: int, rounds: int) -> tuple[list[tuple], list[float], l
     the fp32 iteration's result), then whole training steps with Muon, the stem frozen, run as its modules and
     folded into one convolution (img/s per round)."""
     import torch
-    import torch.nn.functional as F
 
     from resnetkit.models import create_model
     from resnetkit.runtime.device import keep_freed_memory
@@ -163,11 +169,7 @@ def _muon_and_stem(batch: int, rounds: int) -> tuple[list[tuple], list[float], l
                   ns_dtype=torch.bfloat16)
 
     def step() -> None:
-        with torch.autocast("cpu", torch.bfloat16):
-            loss = F.cross_entropy(net(x).float(), y, label_smoothing=0.2)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        _train_step(net, opt, x, y)
 
     modules, folded = [], []
     for _ in range(rounds):
