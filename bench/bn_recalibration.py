@@ -37,6 +37,7 @@ def main() -> int:
     from resnetkit.runtime.probe import cpu_label
     from resnetkit.training.config import TrainConfig
     from resnetkit.training.loop import recalibrate_batchnorm
+    from resnetkit.training.setup import recalibration_pick
 
     device = torch.device("cpu")
     keep_freed_memory(device)
@@ -52,7 +53,7 @@ def main() -> int:
         common = dict(device=device, precision=precision, mean=ds.mean, std=ds.std, channels_last=True)
         model = model.to(memory_format=torch.channels_last)
         test = eval_loader(ds.test_images, ds.test_labels, batch_size=512, **common)
-        pick = torch.randperm(len(ds.train_labels), generator=torch.Generator().manual_seed(cfg.seed + 104729))
+        pick = recalibration_pick(len(ds.train_labels), max(args.batches) * cfg.batch_size, cfg.seed)
 
         tta = tta_mode(cfg.tta)
         base = _top1(evaluate, model, test, ds.num_classes, device, precision, tta)
@@ -60,7 +61,7 @@ def main() -> int:
         for b in args.batches:
             idx = pick[:b * cfg.batch_size]
             loader = eval_loader(ds.train_images[idx], ds.train_labels[idx], batch_size=cfg.batch_size, **common)
-            m = copy.deepcopy(model).train()
+            m = copy.deepcopy(model)
             t0 = time.perf_counter()
             recalibrate_batchnorm(m, loader, device=device, precision=precision)
             seconds = time.perf_counter() - t0

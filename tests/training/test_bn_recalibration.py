@@ -10,6 +10,7 @@ from resnetkit.errors import UserError
 from resnetkit.models.resnet_cpu import ResNetCPU
 from resnetkit.training.config import resolve_config
 from resnetkit.training.loop import recalibrate_batchnorm
+from resnetkit.training.setup import recalibration_pick
 
 CPU = torch.device("cpu")
 
@@ -37,10 +38,19 @@ def test_the_statistics_become_the_equal_average_of_the_batches_and_the_momentum
     assert conv.weight.grad is None  # no gradient was taken
 
 
+def test_a_model_in_eval_mode_is_recalibrated_in_trainings_modes_and_left_in_eval_mode():
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(3)
+    model = nn.Sequential(nn.Conv2d(3, 3, 1), bn).eval()  # as an EMA copy is kept
+    assert recalibrate_batchnorm(model, _batches(2), device=CPU, precision="fp32") == 1
+    assert not torch.equal(bn.running_mean, torch.zeros(3)) and not model.training and not bn.training
+
+
 def test_layers_in_eval_mode_and_a_folded_frozen_stem_keep_their_statistics():
     torch.manual_seed(0)
     frozen, live = nn.BatchNorm2d(3), nn.BatchNorm2d(3)
     frozen.running_mean.fill_(0.5)
+    frozen.requires_grad_(False)  # as --freeze-backbone leaves it
     model = nn.Sequential(frozen.eval(), live.train())
     assert recalibrate_batchnorm(model, _batches(2), device=CPU, precision="fp32") == 1
     assert torch.equal(frozen.running_mean, torch.full((3,), 0.5)) and int(frozen.num_batches_tracked) == 0
@@ -87,7 +97,7 @@ def test_a_run_recalibrates_after_its_last_step_and_nothing_else_changes(tmp_pat
 
     ds = prepare_data("synthetic:128")
     tx = ds.train_images
-    pick = torch.randperm(len(tx), generator=torch.Generator().manual_seed(0 + 104729))[:64]
+    pick = recalibration_pick(len(tx), 64, seed=0)
     loader = eval_loader(tx[pick], ds.train_labels[pick], batch_size=32, precision="fp32", device=CPU, mean=ds.mean,
                          std=ds.std)
     recalibrate_batchnorm(model, loader, device=CPU, precision="fp32")

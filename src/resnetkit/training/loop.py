@@ -82,7 +82,7 @@ def train_epoch(
     ``after_update(global_step)`` runs right after each optimizer step (the weight EMA).
     """
     model.train()
-    keep_frozen_norms_in_eval(model)
+    _keep_frozen_norms_in_eval(model)
     check_every = check_every or (1 if device.type == "cpu" else 25)
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.int64)
@@ -151,11 +151,16 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[tuple[torch.Tensor
     evaluated with carry the noise of a few hundred images and lag the final weights. Once the weights
     are final, one pass over a few thousand training images in train mode, each layer averaging its
     batches' statistics equally (``momentum=None``), gives estimates from all of them ("precise
-    BatchNorm": Wu and Johnson 2021, "Rethinking 'Batch' in BatchNorm"). Layers in eval mode
-    (frozen with ``--freeze-backbone``) and layers the forward pass does not run in train mode (the
-    frozen stem folded into its convolution: :meth:`ResNetCPU._frozen_stem`) keep their statistics.
+    BatchNorm": Wu and Johnson 2021, "Rethinking 'Batch' in BatchNorm"). The pass runs ``model`` in the
+    modes training does (:func:`train_epoch`), whatever mode it is in (an EMA copy is kept in eval mode),
+    and leaves every module in the mode it found it. Layers whose parameters are all frozen
+    (``--freeze-backbone``) and layers the forward pass does not run in train mode (the frozen stem
+    folded into its convolution: :meth:`ResNetCPU._frozen_stem`) keep their statistics.
     Returns the number of layers recalibrated.
     """
+    modes = [(m, m.training) for m in model.modules()]
+    model.train()
+    _keep_frozen_norms_in_eval(model)
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
              and m.track_running_stats and m.running_mean is not None]
     saved = [(m, m.momentum, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
@@ -176,10 +181,12 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[tuple[torch.Tensor
             else:
                 done += 1
             m.num_batches_tracked.add_(tracked)
+        for m, training in modes:
+            m.training = training
     return done
 
 
-def keep_frozen_norms_in_eval(model: nn.Module) -> None:
+def _keep_frozen_norms_in_eval(model: nn.Module) -> None:
     """BatchNorm layers whose parameters are all frozen (``--freeze-backbone``) keep their
     running statistics too: they stay in eval mode while the rest trains."""
     for m in model.modules():

@@ -108,6 +108,12 @@ def _split(data: ImageData, n_val: int, seed: int):
     return x[tr], y[tr], x[va], y[va]
 
 
+def recalibration_pick(n_train: int, images: int, seed: int) -> torch.Tensor:
+    """Indices into the training split of the ``images`` (at most all) that ``bn_recalibration`` runs on:
+    a fixed draw per seed, the same on every rank."""
+    return torch.randperm(n_train, generator=torch.Generator().manual_seed(seed + 104729))[:images]
+
+
 def build(cfg: TrainConfig, ckpt: dict | None, dist: DistContext, data: ImageData | None,
           progress: bool = False) -> Setup:
     device = resolve_device(cfg.device)
@@ -207,8 +213,8 @@ def build(cfg: TrainConfig, ckpt: dict | None, dist: DistContext, data: ImageDat
     val_loader = eval_loader(vx, vy, batch_size=eval_bs, precision=precision, **common) if vx is not None else None
     test_loader = eval_loader(data.test_images, data.test_labels, batch_size=eval_bs, precision=precision, **common)
     recalibration = None
-    if cfg.bn_recalibration:  # a fixed draw of the training split, the same on every rank
-        pick = torch.randperm(len(tx), generator=torch.Generator().manual_seed(cfg.seed + 104729))[:cfg.bn_recalibration]
+    if cfg.bn_recalibration:
+        pick = recalibration_pick(len(tx), cfg.bn_recalibration, cfg.seed)
         recalibration = eval_loader(tx[pick], ty[pick], batch_size=per_rank, precision=precision,
                                     **{**common, "rank": 0, "world_size": 1})
     s = Setup(cfg, dist, device, precision, channels_last, data, net, optimizer, train_loader, val_loader,

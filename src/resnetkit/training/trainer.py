@@ -41,7 +41,6 @@ from .loop import (
     NonFiniteLossError,
     StepState,
     check_weights_finite,
-    keep_frozen_norms_in_eval,
     recalibrate_batchnorm,
     train_epoch,
 )
@@ -399,11 +398,8 @@ class Trainer:
         s = self.setup
         t0 = time.perf_counter()
         layers = recalibrate_batchnorm(unwrap(s.model), s.recalibration_loader, device=s.device, precision=s.precision)
-        if s.ema is not None:  # the averaged weights get statistics of their own (their copy stays in eval mode)
-            s.ema.module.train()
-            keep_frozen_norms_in_eval(s.ema.module)
+        if s.ema is not None:  # the averaged weights get statistics of their own
             recalibrate_batchnorm(s.ema.module, s.recalibration_loader, device=s.device, precision=s.precision)
-            s.ema.module.eval()
         synchronize(s.device)
         log.info("BatchNorm statistics of %d layers set from %d training images in %.1f s", layers,
                  len(s.recalibration_loader.images), time.perf_counter() - t0)
