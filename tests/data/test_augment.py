@@ -11,10 +11,12 @@ from resnetkit.data.augment import (
     AugmentConfig,
     alternating_flip_mask,
     apply_cutout,
+    apply_jitter,
     batch_crop,
     batch_cutout,
     batch_flip,
     cutout_params,
+    jitter_params,
     normalize,
     random_crop_params,
     random_flip_mask,
@@ -194,6 +196,34 @@ def test_normalize_rejects_bad_statistics() -> None:
 
 def test_augment_config_validates() -> None:
     assert AugmentConfig() == AugmentConfig(crop_pad=4, crop_fill="zero", flip="random", cutout=0)
-    for bad in (dict(crop_pad=-1), dict(crop_fill="edge"), dict(flip="sometimes"), dict(cutout=-2)):
+    for bad in (dict(crop_pad=-1), dict(crop_fill="edge"), dict(flip="sometimes"), dict(cutout=-2),
+                dict(brightness=-0.1), dict(contrast=1.0), dict(contrast=float("nan"))):
         with pytest.raises(UserError):
             AugmentConfig(**bad)
+
+
+def test_jitter_params_are_seeded_and_fill_their_ranges() -> None:
+    shift, scale = jitter_params(20_000, 0.14, 0.13, _gen(3))
+    again = jitter_params(20_000, 0.14, 0.13, _gen(3))
+    assert torch.equal(shift, again[0]) and torch.equal(scale, again[1])
+    assert shift.abs().max() <= 0.14 and (scale - 1).abs().max() <= 0.13
+    # uniform: both ends reached, mean in the middle, the two draws independent
+    assert shift.min() < -0.139 and shift.max() > 0.139 and scale.min() < 0.871 and scale.max() > 1.129
+    assert abs(shift.mean()) < 0.003 and abs(scale.mean() - 1) < 0.003
+    assert abs(torch.corrcoef(torch.stack([shift, scale]))[0, 1]) < 0.03
+    off = jitter_params(5, 0.0, 0.0, _gen(3))
+    assert torch.equal(off[0], torch.zeros(5)) and torch.equal(off[1], torch.ones(5))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_apply_jitter_is_shift_then_scale_per_image(channels_last: bool) -> None:
+    x = _images(4, dtype=torch.float32)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    shift, scale = torch.tensor([0.5, -1.0, 0.0, 2.0]), torch.tensor([1.0, 0.5, 1.25, 0.9])
+    out = apply_jitter(x.clone(memory_format=torch.preserve_format), shift, scale)
+    for i in range(4):
+        assert torch.allclose(out[i], (x[i] + shift[i]) * scale[i])
+    assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
+    with pytest.raises(UserError, match="one value per image"):
+        apply_jitter(x, shift[:3], scale)

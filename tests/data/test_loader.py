@@ -262,3 +262,30 @@ def test_set_size_resizes_train_batches_after_the_same_augmentation() -> None:
     assert next(iter(evaluation))[0].shape == (16, 3, 16, 16)
     with pytest.raises(UserError):
         small.set_size(0)
+
+
+def test_brightness_and_contrast_change_only_each_image_level_and_spread() -> None:
+    """The jitter is drawn after every other draw: crops, flips and order stay those of a run without it,
+    and each image becomes ``(x + b) * c`` of itself with ``b``, ``c`` in the asked ranges, seeded."""
+    x, y = _data(64)
+    common = dict(batch_size=16, seed=7, mean=(0.5,) * 3, std=(0.25,) * 3)
+    plain = DeviceLoader(x, y, augment=AugmentConfig(crop_fill="reflect", flip="alternating"), **common)
+    aug = AugmentConfig(crop_fill="reflect", flip="alternating", brightness=0.3, contrast=0.2)
+    jittered = DeviceLoader(x, y, augment=aug, **common)
+    shifts, scales = [], []
+    for e in (0, 1):
+        for (xa, ya), (xb, yb) in zip(_epoch(plain, e), _epoch(jittered, e)):
+            assert torch.equal(ya, yb)
+            fa, fb = xa.flatten(1), xb.flatten(1)
+            c = fb.std(1) / fa.std(1)
+            b = fb.mean(1) / c - fa.mean(1)
+            assert torch.allclose(fb, (fa + b[:, None]) * c[:, None], atol=1e-4)
+            shifts.append(b)
+            scales.append(c)
+    b, c = torch.cat(shifts), torch.cat(scales)
+    assert b.abs().max() <= 0.3 + 1e-4 and (c - 1).abs().max() <= 0.2 + 1e-4
+    assert b.std() > 0.1 and c.std() > 0.07  # really jittered: uniform over +-0.3 has std 0.17, +-0.2 0.12
+    again = DeviceLoader(x, y, augment=aug, **common)
+    assert _same(_epoch(again, 1), _epoch(jittered, 1))
+    other = DeviceLoader(x, y, augment=aug, **{**common, "seed": 8})
+    assert not torch.equal(_epoch(other, 0)[0][0], _epoch(jittered, 0)[0][0])

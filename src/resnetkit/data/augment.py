@@ -32,12 +32,18 @@ class AugmentConfig:
     sec. 4.2): 4-pixel zero padding with a random 32x32 crop, and random horizontal flips.
     ``flip="alternating"`` is airbench's variant (each image flipped on alternate epochs);
     ``cutout`` is the square size of DeVries & Taylor 2017 (16 for CIFAR-10), 0 = off.
+    ``brightness`` and ``contrast`` jitter each normalised image: ``(x + b) * c`` with ``b`` uniform in
+    ``[-brightness, brightness]`` and ``c`` in ``[1 - contrast, 1 + contrast]`` (the brightness and contrast
+    jitter of hiverge's cifar10-speedrun 2025, which trains its airbench network to 94% in fewer steps with
+    it); 0 = off.
     """
 
     crop_pad: int = 4
     crop_fill: str = "zero"
     flip: str = "random"
     cutout: int = 0
+    brightness: float = 0.0
+    contrast: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.crop_pad, int) or self.crop_pad < 0:
@@ -48,6 +54,10 @@ class AugmentConfig:
             raise UserError(f"flip must be one of {', '.join(FLIP_MODES)}, got {self.flip!r}.")
         if not isinstance(self.cutout, int) or self.cutout < 0:
             raise UserError(f"cutout must be a non-negative integer, got {self.cutout!r}.")
+        if not 0 <= self.brightness < float("inf"):
+            raise UserError(f"brightness must be a non-negative number, got {self.brightness!r}.")
+        if not 0 <= self.contrast < 1:
+            raise UserError(f"contrast must be in [0, 1) (the scale stays positive), got {self.contrast!r}.")
 
 
 # ----------------------------------------------------------------------------- random parameters
@@ -88,6 +98,24 @@ def cutout_params(n: int, height: int, width: int, generator: torch.Generator) -
     cy = torch.randint(0, height, (n,), generator=generator, device=dev)
     cx = torch.randint(0, width, (n,), generator=generator, device=dev)
     return cy, cx
+
+
+def jitter_params(n: int, brightness: float, contrast: float, generator: torch.Generator
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image brightness shifts ``b`` in ``[-brightness, brightness]`` and contrast scales ``c`` in
+    ``[1 - contrast, 1 + contrast]``, float32 on the generator's device (see :func:`apply_jitter`)."""
+    dev = generator.device
+    u = torch.rand(2, n, generator=generator, device=dev) * 2 - 1
+    return u[0] * brightness, 1 + u[1] * contrast
+
+
+def apply_jitter(images: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``(x + shift) * scale`` per image, in place on a float batch (either memory format)."""
+    _check_batch(images)
+    n = images.shape[0]
+    if shift.shape != (n,) or scale.shape != (n,):
+        raise UserError(f"brightness and contrast need one value per image ({n}).")
+    return images.add_(shift.to(images).view(n, 1, 1, 1)).mul_(scale.to(images).view(n, 1, 1, 1))
 
 
 # ----------------------------------------------------------------------------- crop and flip

@@ -1,8 +1,8 @@
 """Device-resident batched loader: the uint8 dataset lives on the training device.
 
-Each epoch is a seeded permutation; crop/flip/cutout and normalisation run per batch on the
-device, on whole batches (airbench's approach, Jordan 2024), so no worker processes and no
-per-image Python are involved. All randomness of epoch ``e`` comes from a CPU generator seeded
+Each epoch is a seeded permutation; crop/flip, brightness/contrast jitter, cutout and
+normalisation run per batch on the device, on whole batches (airbench's approach, Jordan 2024),
+so no worker processes and no per-image Python are involved. All randomness of epoch ``e`` comes from a CPU generator seeded
 with a hash of ``(seed, e)`` and is drawn for the whole epoch up front (a few integers per
 image), which makes every batch reproducible, independent of the device and of global RNG
 state, and lets a run resume exactly in the middle of an epoch with ``skip_to``.
@@ -15,7 +15,7 @@ import logging
 import math
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -25,8 +25,10 @@ from .augment import (
     AugmentConfig,
     alternating_flip_mask,
     apply_cutout,
+    apply_jitter,
     batch_crop,
     cutout_params,
+    jitter_params,
     normalize_params,
     normalize_with,
     random_crop_params,
@@ -71,6 +73,8 @@ class _EpochPlan:
     flip: torch.Tensor | None = None
     cy: torch.Tensor | None = None
     cx: torch.Tensor | None = None
+    shift: torch.Tensor | None = None  # brightness
+    scale: torch.Tensor | None = None  # contrast
 
 
 class DeviceLoader:
@@ -223,6 +227,7 @@ class DeviceLoader:
         flip = random_flip_mask(n, gen)
         _, _, h, w = self.images.shape
         cy, cx = cutout_params(n, h, w, gen)
+        shift, scale = jitter_params(n, aug.brightness, aug.contrast, gen)  # drawn last: earlier draws stay as they were
         if aug.flip == "alternating":
             if self._base_flip is None:
                 base = torch.Generator().manual_seed(_derived_seed(self.seed, "alternating-flip"))
@@ -236,6 +241,8 @@ class DeviceLoader:
             plan.flip = flip[pos]
         if aug.cutout > 0:
             plan.cy, plan.cx = cy[pos], cx[pos]
+        if aug.brightness > 0 or aug.contrast > 0:
+            plan.shift, plan.scale = shift[pos], scale[pos]
         return self._to_device(plan)
 
     def _to_device(self, plan: _EpochPlan) -> _EpochPlan:
@@ -248,7 +255,7 @@ class DeviceLoader:
                 return None
             return (t.pin_memory() if cuda else t).to(self.device, non_blocking=cuda)
 
-        return _EpochPlan(*(move(getattr(plan, f)) for f in ("index", "dy", "dx", "flip", "cy", "cx")))
+        return _EpochPlan(*(move(getattr(plan, f.name)) for f in fields(plan)))
 
     # ------------------------------------------------------------------ batches
 
@@ -268,6 +275,8 @@ class DeviceLoader:
             flip = plan.flip[lo:hi] if plan.flip is not None else None
             x = batch_crop(x, dy, dx, pad, aug.crop_fill, flip)
         out = normalize_with(x, self._scale, self._bias, self.dtype, self.channels_last)
+        if aug is not None and plan.shift is not None:
+            out = apply_jitter(out, plan.shift[lo:hi], plan.scale[lo:hi])
         if aug is not None and plan.cy is not None:
             out = apply_cutout(out, plan.cy[lo:hi], plan.cx[lo:hi], aug.cutout, inplace=True)
         if self._size is not None and self.train:

@@ -204,7 +204,8 @@ def build(cfg: TrainConfig, ckpt: dict | None, dist: DistContext, data: ImageDat
     if cfg.compile:
         net = torch.compile(net)
 
-    aug = AugmentConfig(crop_pad=cfg.crop_pad, crop_fill=cfg.crop_fill, flip=cfg.flip, cutout=cfg.cutout)
+    aug = AugmentConfig(crop_pad=cfg.crop_pad, crop_fill=cfg.crop_fill, flip=cfg.flip, cutout=cfg.cutout,
+                        brightness=cfg.brightness, contrast=cfg.contrast)
     common: dict[str, Any] = dict(device=device, mean=mean, std=std, seed=cfg.seed,
                                   channels_last=channels_last, rank=dist.rank, world_size=dist.world_size)
     train_loader = DeviceLoader(tx, ty, batch_size=per_rank, train=True, augment=aug, dtype=batch_dtype(precision),
