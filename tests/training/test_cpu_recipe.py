@@ -10,7 +10,8 @@ def test_cpu_fast_recipe_values():
     cfg = resolve_config("cpu-fast")
     assert (cfg.model, cfg.model_kwargs, cfg.epochs, cfg.batch_size) == ("resnet_cpu", {"whiten": True, "activation": "gelu"}, 10, 512)
     assert (cfg.lr, cfg.schedule, cfg.warmup_epochs) == (0.8, "linear", 0.3)
-    assert (cfg.optimizer, cfg.muon_lr, cfg.muon_momentum) == ("muon", 0.2, 0.6)
+    assert (cfg.optimizer, cfg.muon_lr, cfg.muon_momentum, cfg.muon_ns_steps) == ("muon", 0.2, 0.6, 3)
+    assert (cfg.brightness, cfg.contrast) == (0.14, 0.13)
     assert (cfg.label_smoothing, cfg.weight_decay) == (0.2, 5e-4)
     assert (cfg.crop_pad, cfg.crop_fill, cfg.flip, cfg.tta, cfg.eval_every) == (
         2, "reflect", "alternating", "flip-shift", 0)

@@ -78,6 +78,23 @@ def test_a_muon_step_is_the_orthogonalised_nesterov_momentum_on_rescaled_filters
     assert torch.equal(opt.state[w]["momentum_buffer"], buf)
 
 
+def test_the_newton_schulz_steps_reach_the_muon_groups_and_their_updates() -> None:
+    torch.manual_seed(0)
+    model = create_model("resnet_cpu", num_classes=10, whiten=True)
+    opt = build_optimizer(model, resolve_config("cpu-fast", data="synthetic", muon_ns_steps=3), "fp32")
+    assert [g["ns_steps"] for g in opt.param_groups if g["muon"]] == [3]
+    w = nn.Parameter(torch.randn(16, 8, 3, 3))
+    updates = {}
+    for steps in (3, 5):
+        p = nn.Parameter(w.detach().clone())
+        p.grad = torch.ones_like(p).cumsum(0).sin()
+        MuonSGD([{"params": [p], "muon": True, "momentum": 0.0, "ns_steps": steps}], lr=1.0, nesterov=False).step()
+        updates[steps] = w.detach() * (4.0 / w.norm()) - p.detach()
+        expected = orthogonalize(p.grad.reshape(16, -1), steps).view_as(p)
+        torch.testing.assert_close(updates[steps], expected, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(updates[3], updates[5], atol=1e-3)
+
+
 def test_muon_takes_the_filters_and_sgd_the_rest() -> None:
     model = create_model("resnet_cpu", num_classes=10, whiten=True)
     cfg = resolve_config("cpu-fast", data="synthetic", optimizer="muon", muon_lr=0.07, backbone_lr_mult=0.5)
@@ -98,7 +115,8 @@ def test_muon_takes_the_filters_and_sgd_the_rest() -> None:
     assert type(build_optimizer(model, resolve_config("cpu-fast", data="synthetic", optimizer="sgd"))) is torch.optim.SGD
 
 
-@pytest.mark.parametrize("bad", [{"optimizer": "adam"}, {"muon_lr": 0.0}, {"muon_momentum": 1.0}])
+@pytest.mark.parametrize("bad", [{"optimizer": "adam"}, {"muon_lr": 0.0}, {"muon_momentum": 1.0}, {"muon_ns_steps": 0},
+                                 {"muon_ns_steps": 2.5}])
 def test_bad_muon_settings_are_refused(bad: dict) -> None:
     with pytest.raises(UserError):
         resolve_config("cpu-fast", data="synthetic", **bad)
@@ -123,11 +141,13 @@ def test_a_muon_run_resumes_bit_for_bit(tmp_path: Path) -> None:
 def test_the_command_line_trains_with_muon(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "run"
     code = main(["train", "--recipe", "cpu-fast", "--data", "synthetic:128", "--epochs", "1", "--batch-size", "32",
-                 "--optimizer", "muon", "--muon-lr", "0.05", "--muon-momentum", "0.7", "--precision", "fp32",
-                 "--out", str(out)])
+                 "--optimizer", "muon", "--muon-lr", "0.05", "--muon-momentum", "0.7", "--muon-ns-steps", "3",
+                 "--precision", "fp32", "--out", str(out)])
     assert code == 0
     cfg = json.loads((out / "config.json").read_text())["config"]
-    assert (cfg["optimizer"], cfg["muon_lr"], cfg["muon_momentum"]) == ("muon", 0.05, 0.7)
+    assert (cfg["optimizer"], cfg["muon_lr"], cfg["muon_momentum"], cfg["muon_ns_steps"]) == ("muon", 0.05, 0.7, 3)
+    groups = peek(out / "last.pt")["optimizer"]["param_groups"]
+    assert {g["ns_steps"] for g in groups if g["muon"]} == {3}
     with pytest.raises(SystemExit) as e:
         main(["train", "--recipe", "cpu-fast", "--data", "synthetic:128", "--optimizer", "adam"])
     assert e.value.code == 2
@@ -162,4 +182,6 @@ def test_muon_settings_without_muon_are_refused_not_ignored() -> None:
         resolve_config("default", data="synthetic", muon_lr=0.05)
     with pytest.raises(UserError, match="muon_momentum"):
         resolve_config("cpu-fast", data="synthetic", optimizer="sgd", muon_momentum=0.5)
+    with pytest.raises(UserError, match="muon_ns_steps"):
+        resolve_config("cpu-fast", data="synthetic", optimizer="sgd", muon_ns_steps=3)
     assert resolve_config("cpu-fast", data="synthetic", muon_lr=0.05).muon_lr == 0.05  # the recipe's optimizer is Muon

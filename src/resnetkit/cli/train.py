@@ -156,6 +156,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "SGD with --lr, --momentum, --weight-decay on the rest; sgd: SGD on everything")
     h.add_argument("--muon-lr", type=float, help="peak learning rate of the filters under --optimizer muon")
     h.add_argument("--muon-momentum", type=float, help="momentum of the filters under --optimizer muon")
+    h.add_argument("--muon-ns-steps", type=int, metavar="N",
+                   help="Newton-Schulz iterations per Muon update (default 5; airbench94_muon runs 3)")
     h.add_argument("--weight-decay", type=float, help="L2 weight decay (not on BatchNorm and biases in most recipes)")
     h.add_argument("--label-smoothing", type=float, help="label smoothing of the loss, in [0, 1)")
     h.add_argument("--schedule", choices=["constant", "cosine", "linear", "step"],
@@ -172,6 +174,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     h.add_argument("--crop-fill", choices=["zero", "reflect"], help="how the crop padding is filled")
     h.add_argument("--flip", choices=["random", "alternating", "none"], help="horizontal flip augmentation")
     h.add_argument("--cutout", type=int, help="cutout square size (0: off)")
+    h.add_argument("--brightness", type=float, metavar="SHIFT",
+                   help="add to each normalised training image a shift drawn uniformly from +-SHIFT (0: off)")
+    h.add_argument("--contrast", type=float, metavar="FRACTION",
+                   help="scale each normalised training image by a factor drawn uniformly from 1 +- FRACTION (0: off)")
     h.add_argument("--seed", type=int, help="seed of every random choice (weights, data order, augmentation)")
     x = p.add_argument_group("weight averaging and mixing")
     x.add_argument("--ema", type=float, metavar="DECAY",

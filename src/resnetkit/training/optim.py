@@ -53,7 +53,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, precision: str = "fp32")
     """The run's optimizer: :func:`build_sgd`, or with ``cfg.optimizer == "muon"`` a :class:`MuonSGD`.
 
     Under Muon the filters of :func:`muon_filters` leave their groups for Muon groups (lr
-    ``muon_lr * lr_mult``, momentum ``muon_momentum``, no weight decay: the filters are rescaled each
+    ``muon_lr * lr_mult``, momentum ``muon_momentum``, ``muon_ns_steps`` Newton-Schulz iterations, no weight decay: the filters are rescaled each
     step instead); the rest keep SGD's groups. The Newton-Schulz iteration runs in bf16 when the run
     does (``precision``), else in fp32 (bf16 matrix products are slow on CPUs without bf16 units).
     """
@@ -68,7 +68,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, precision: str = "fp32")
         ortho = [p for p in g["params"] if id(p) in filters]
         if ortho:
             groups.append({"params": ortho, "muon": True, "lr": cfg.muon_lr * mult, "initial_lr": cfg.muon_lr * mult,
-                           "momentum": cfg.muon_momentum, "weight_decay": 0.0})
+                           "momentum": cfg.muon_momentum, "weight_decay": 0.0, "ns_steps": cfg.muon_ns_steps})
         if rest:
             groups.append({**g, "params": rest, "lr": cfg.lr * mult, "initial_lr": cfg.lr * mult})
     ns_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
