@@ -157,7 +157,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     h.add_argument("--muon-lr", type=float, help="peak learning rate of the filters under --optimizer muon")
     h.add_argument("--muon-momentum", type=float, help="momentum of the filters under --optimizer muon")
     h.add_argument("--muon-ns-steps", type=int, metavar="N",
-                   help="Newton-Schulz iterations per Muon update (default 5; airbench94_muon runs 3)")
+                   help="Newton-Schulz iterations per Muon update (cpu-fast, like airbench94_muon, runs 3)")
     h.add_argument("--weight-decay", type=float, help="L2 weight decay (not on BatchNorm and biases in most recipes)")
     h.add_argument("--label-smoothing", type=float, help="label smoothing of the loss, in [0, 1)")
     h.add_argument("--schedule", choices=["constant", "cosine", "linear", "step"],
